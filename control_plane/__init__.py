@@ -1,0 +1,1 @@
+"""statepipe control_plane."""
