@@ -43,13 +43,17 @@ def main() -> None:
     payload = events * args.size
 
     mib = 1024 * 1024
-    print(f"bus memory: {args.topics:,} topics, default ring capacity {capacity:,}, "
-          f"{args.size}-byte events")
+    print(
+        f"bus memory: {args.topics:,} topics, default ring capacity {capacity:,}, "
+        f"{args.size}-byte events"
+    )
     print(f"  topics with a subscriber, no events   {empty / mib:8.1f} MiB")
     print(f"  every ring full ({events:,} events)     {full / mib:8.1f} MiB")
     print(f"  of which payload bytes                {payload / mib:8.1f} MiB")
-    print(f"  per event                             {full / events:8.0f} bytes "
-          f"(ratio to payload {full / payload:.2f}x)")
+    print(
+        f"  per event                             {full / events:8.0f} bytes "
+        f"(ratio to payload {full / payload:.2f}x)"
+    )
     del subs
 
 

@@ -86,8 +86,12 @@ async def with_bus(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--baseline-events", type=int, default=None,
-                        help="events for the asyncio baseline (default: same as --events)")
+    parser.add_argument(
+        "--baseline-events",
+        type=int,
+        default=None,
+        help="events for the asyncio baseline (default: same as --events)",
+    )
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--chunk", type=int, default=512)
@@ -96,17 +100,19 @@ def main() -> None:
     data = payloads(args.size)
     base_events = args.baseline_events or args.events
 
-    bus_s = asyncio.run(
-        with_bus(args.events, args.subscribers, args.chunk, data, args.capacity)
-    )
+    bus_s = asyncio.run(with_bus(args.events, args.subscribers, args.chunk, data, args.capacity))
     queue_s = asyncio.run(with_queues(base_events, args.subscribers, args.chunk, data))
     bus_rate = args.events * args.subscribers / bus_s
     queue_rate = base_events * args.subscribers / queue_s
     print(f"fan-out: 1 publisher, {args.subscribers} subscribers, {args.size}-byte events")
-    print(f"  asyncio.Queue per subscriber  {base_events:>9,} events {queue_s:7.2f} s"
-          f"  {queue_rate:14,.0f} deliveries/s")
-    print(f"  core_rs.EventBus              {args.events:>9,} events {bus_s:7.2f} s"
-          f"  {bus_rate:14,.0f} deliveries/s")
+    print(
+        f"  asyncio.Queue per subscriber  {base_events:>9,} events {queue_s:7.2f} s"
+        f"  {queue_rate:14,.0f} deliveries/s"
+    )
+    print(
+        f"  core_rs.EventBus              {args.events:>9,} events {bus_s:7.2f} s"
+        f"  {bus_rate:14,.0f} deliveries/s"
+    )
     print(f"  ratio                         {bus_rate / queue_rate:.1f}x  (target >= 10x)")
 
 

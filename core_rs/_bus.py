@@ -78,7 +78,7 @@ class Subscription:
 
     def poll(self, max_events: int | None = None) -> Batch | None:
         """Reads without waiting: events, ``[]`` if nothing is new, ``None`` once closed."""
-        return self._native.poll(max_events or self.max_events)
+        return self._native.poll(self.max_events if max_events is None else max_events)
 
     def wait(self, timeout_ms: int) -> bool:
         """Blocks this thread (GIL released) until there is something to read."""
@@ -86,7 +86,7 @@ class Subscription:
 
     async def next_batch(self, max_events: int | None = None) -> Batch | None:
         """Waits for the next events; ``None`` once the topic is closed and drained."""
-        limit = max_events or self.max_events
+        limit = self.max_events if max_events is None else max_events
         loop = asyncio.get_running_loop()
         waker = _waker_for(loop)
         while True:
@@ -98,6 +98,11 @@ class Subscription:
             waker.futures[token] = future
             try:
                 await future
+            except BaseException:
+                # Cancelled or timed out: withdraw the parking, so idle topics
+                # do not collect waiters that gave up.
+                self._native.unpark(waker.notifier, token)
+                raise
             finally:
                 waker.futures.pop(token, None)
 
@@ -121,8 +126,16 @@ class EventBus:
         capacity: events each topic keeps for subscribers that read late.
     """
 
-    __slots__ = ("_native", "publish", "publish_many", "open", "close", "last_seq", "topics",
-                 "buffered")
+    __slots__ = (
+        "_native",
+        "buffered",
+        "close",
+        "last_seq",
+        "open",
+        "publish",
+        "publish_many",
+        "topics",
+    )
 
     def __init__(self, capacity: int = _core.DEFAULT_CAPACITY) -> None:
         self._native = _core.EventBus(capacity)

@@ -241,6 +241,15 @@ impl<T> Subscription<T> {
         poll
     }
 
+    /// Withdraws a parking made with `token` (its waiter gave up).
+    pub fn unpark(&self, waker: &Arc<dyn Wake>, token: u64) {
+        self.topic
+            .ring
+            .lock()
+            .parked
+            .retain(|(w, t)| !(*t == token && Arc::ptr_eq(w, waker)));
+    }
+
     /// Blocks the calling thread until there is something to read (events,
     /// a lag or the close), or until `timeout` passes; returns whether there is.
     pub fn wait(&self, timeout: Duration) -> bool {
@@ -437,8 +446,15 @@ mod tests {
         bus.publish("t", 1);
         bus.publish("t", 2);
         assert_eq!(count.0.load(Ordering::SeqCst), 1000);
+        // A withdrawn parking is not woken.
+        assert_eq!(subs[1].poll_or_park(10, |_, _| {}, &waker, 2), Poll::Events(2));
+        assert_eq!(subs[2].poll_or_park(10, |_, _| {}, &waker, 3), Poll::Events(2));
+        assert_eq!(subs[2].poll_or_park(10, |_, _| {}, &waker, 3), Poll::Empty);
+        subs[2].unpark(&waker, 3);
+        bus.publish("t", 3);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1000);
         // Data is there: nothing parks.
-        assert_eq!(subs[0].poll_or_park(10, |_, _| {}, &waker, 1), Poll::Events(2));
+        assert_eq!(subs[0].poll_or_park(10, |_, _| {}, &waker, 1), Poll::Events(3));
         bus.close("t");
         assert_eq!(count.0.load(Ordering::SeqCst), 1000);
     }

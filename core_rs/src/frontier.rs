@@ -188,10 +188,16 @@ impl Frontier {
         };
         let dag = Arc::clone(&frontier.dag);
         for &v in dag.topological_order() {
+            let preds = dag.predecessors(v);
+            // A stored SKIPPED may have been skipped by a condition (done) or
+            // because an ancestor failed (blocking): the ancestors tell.
+            if frontier.slots[v as usize] == Slot::Skipped && preds.iter().any(|&u| frontier.blocks(u)) {
+                frontier.slots[v as usize] = Slot::Blocked;
+                continue;
+            }
             if frontier.slots[v as usize] != Slot::Waiting {
                 continue;
             }
-            let preds = dag.predecessors(v);
             if preds.iter().any(|&u| frontier.blocks(u)) {
                 frontier.slots[v as usize] = Slot::Blocked;
                 frontier.blocked.push(v);
@@ -449,6 +455,17 @@ mod tests {
         let f = Frontier::new(Arc::clone(&g), &[Failed, Pending, Pending, Pending], vec![false; 4]);
         assert_eq!(names(&g, f.blocked()), ["b", "c"]);
         assert_eq!(f.ready_count(), 1);
+    }
+
+    #[test]
+    fn a_stored_skip_below_a_failure_keeps_blocking() {
+        use NodeStatus::*;
+        // The process died after storing b's skip but before storing c's.
+        let g = dag(&["a", "b", "c", "d"], &[("a", "b"), ("b", "c"), ("d", "c")]);
+        let mut f = Frontier::new(Arc::clone(&g), &[Failed, Skipped, Pending, Skipped], vec![false; 4]);
+        assert_eq!(names(&g, &f.pop_ready(10)), Vec::<String>::new());
+        assert_eq!(names(&g, f.blocked()), ["c"]);
+        assert_eq!(f.slot(3), Slot::Skipped);
     }
 
     #[test]

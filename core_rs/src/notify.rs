@@ -42,9 +42,9 @@ impl Notifier {
 
     /// Drains the descriptor and returns the tokens woken since last time.
     pub fn take(&self) -> Vec<u64> {
-        // Clear the flag before draining, so a wake racing with us writes a
-        // fresh byte instead of being lost.
-        self.signalled.store(false, Ordering::SeqCst);
+        // Drain, then clear the flag, then take the tokens: a wake before the
+        // clear finds the flag set but its token is taken below; a wake after
+        // it writes a fresh byte. No token can be left without a byte.
         let mut buf = [0u8; 256];
         loop {
             match (&self.reader).read(&mut buf) {
@@ -54,6 +54,7 @@ impl Notifier {
                 Err(_) => break, // WouldBlock: drained.
             }
         }
+        self.signalled.store(false, Ordering::SeqCst);
         std::mem::take(&mut *self.tokens.lock())
     }
 }

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -18,12 +17,21 @@ use crate::dag::{Dag, DagBuilder, DagError, NodeIx};
 use crate::frontier::{Frontier, FrontierError, NodeStatus};
 use crate::notify::Notifier;
 
-create_exception!(_core, PyDagError, PyException, "A graph is not a valid DAG.");
-create_exception!(_core, CycleError, PyDagError, "The edges contain a cycle; `.cycle` lists it.");
-create_exception!(_core, UnknownNodeError, PyDagError, "A node id that is not in the DAG.");
-create_exception!(_core, DuplicateNodeError, PyDagError, "The same node id was given twice.");
-create_exception!(_core, PyFrontierError, PyException, "A transition the frontier does not allow.");
-create_exception!(_core, Lagged, PyException, "A subscriber fell behind the topic's ring.");
+/// Python exception classes; module `core_rs` (which re-exports them), so
+/// they print and pickle under their public names.
+mod exceptions {
+    use pyo3::create_exception;
+    use pyo3::exceptions::PyException;
+
+    create_exception!(core_rs, DagError, PyException, "A graph is not a valid DAG.");
+    create_exception!(core_rs, CycleError, DagError, "The edges contain a cycle; `.cycle` lists it.");
+    create_exception!(core_rs, UnknownNodeError, DagError, "A node id that is not in the DAG.");
+    create_exception!(core_rs, DuplicateNodeError, DagError, "The same node id was given twice.");
+    create_exception!(core_rs, FrontierError, PyException, "A transition the frontier does not allow.");
+    create_exception!(core_rs, Lagged, PyException, "A subscriber fell behind the topic's ring.");
+}
+use exceptions::{CycleError, DuplicateNodeError, Lagged, UnknownNodeError};
+use exceptions::{DagError as PyDagError, FrontierError as PyFrontierError};
 
 /// Builds an exception instance and sets its data attributes.
 fn error_with<'py>(
@@ -190,21 +198,15 @@ impl PyDag {
             let edge = edge?;
             let (u, v) = match edge.cast::<PyTuple>() {
                 Ok(t) if t.len() == 2 => (t.get_item(0)?, t.get_item(1)?),
-                _ => {
-                    let items: Vec<Bound<'_, PyAny>> = edge
-                        .try_iter()
-                        .and_then(|it| it.collect::<PyResult<_>>())
-                        .unwrap_or_default();
-                    match <[Bound<'_, PyAny>; 2]>::try_from(items) {
-                        Ok([u, v]) => (u, v),
-                        Err(_) => {
-                            return Err(PyTypeError::new_err(format!(
-                                "edge at position {i} must be a (before, after) pair of node ids, got {}",
-                                edge.repr()?
-                            )))
-                        }
+                _ => match edge.cast::<PyList>() {
+                    Ok(l) if l.len() == 2 => (l.get_item(0)?, l.get_item(1)?),
+                    _ => {
+                        return Err(PyTypeError::new_err(format!(
+                            "edge at position {i} must be a (before, after) pair of node ids, got {}",
+                            edge.repr()?
+                        )))
                     }
-                }
+                },
             };
             let ui = endpoint(&builder, &u, &edge, i)?;
             let vi = endpoint(&builder, &v, &edge, i)?;
@@ -307,14 +309,15 @@ impl PyFrontier {
     fn new(
         py: Python<'_>,
         dag: Py<PyDag>,
-        statuses: Option<&Bound<'_, PyDict>>,
+        statuses: Option<&Bound<'_, PyAny>>,
         continue_on_failure: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let inner = Arc::clone(&dag.get().dag);
         let n = inner.len();
         let mut stored = vec![NodeStatus::Pending; n];
         if let Some(statuses) = statuses {
-            for (id, status) in statuses.iter() {
+            for item in statuses.call_method0("items")?.try_iter()? {
+                let (id, status): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
                 let ix = inner
                     .require(as_str(&id, || "a statuses key".into())?)
                     .map_err(|e| dag_error(py, e))?;
@@ -582,6 +585,12 @@ impl PySubscription {
     ) -> PyResult<Option<Py<PyList>>> {
         let waker: Arc<dyn Wake> = notifier.get().notifier.clone();
         self.read(py, max_events, Some((&waker, token)))
+    }
+
+    /// Withdraws a parking (the waiter was cancelled).
+    fn unpark(&self, notifier: &Bound<'_, PyNotifier>, token: u64) {
+        let waker: Arc<dyn Wake> = notifier.get().notifier.clone();
+        self.sub.unpark(&waker, token);
     }
 
     /// Blocks this thread (without holding the GIL) until there is something
