@@ -1,0 +1,119 @@
+"""Stored rows to API messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from control_plane.store import NodeRow, RunRow
+from statepipe.v1 import statepipe_pb2 as pb
+
+RUN_STATUS = {
+    name: pb.RunStatus.Value(f"RUN_{name}")
+    for name in ("PENDING", "RUNNING", "PAUSED", "INTERRUPTED", "SUCCEEDED", "FAILED", "CANCELLED")
+}
+RUN_STATUS_NAME = {v: k for k, v in RUN_STATUS.items()}
+NODE_STATUS = {
+    name: pb.NodeStatus.Value(f"NODE_{name}")
+    for name in (
+        "PENDING",
+        "QUEUED",
+        "RUNNING",
+        "RETRY_WAIT",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+        "SKIPPED",
+    )
+}
+
+
+def integral(value: Any) -> Any:
+    """JSON from protobuf has only doubles: give whole numbers back their int type."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return value
+
+
+def from_struct(message: Any) -> Any:
+    """A Struct or Value as plain JSON (ints kept as ints)."""
+    return integral(json_format.MessageToDict(message))
+
+
+def set_value(target: struct_pb2.Value, value: Any) -> None:
+    if value is not None:
+        target.CopyFrom(to_value(value))
+
+
+def to_value(value: Any) -> struct_pb2.Value:
+    v = struct_pb2.Value()
+    if value is None:
+        v.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        v.bool_value = value
+    elif isinstance(value, int | float):
+        v.number_value = value
+    elif isinstance(value, str):
+        v.string_value = value
+    elif isinstance(value, dict):
+        v.struct_value.SetInParent()
+        v.struct_value.update(value)
+    elif isinstance(value, list | tuple):
+        v.list_value.SetInParent()
+        v.list_value.extend(value)
+    else:
+        v.string_value = str(value)
+    return v
+
+
+def set_time(target: timestamp_pb2.Timestamp, value: dt.datetime | None) -> None:
+    if value is not None:
+        target.FromDatetime(value)
+
+
+def run_to_proto(run: RunRow, nodes: list[NodeRow] | None = None) -> pb.Run:
+    msg = pb.Run(
+        run_id=run.run_id,
+        workflow_name=run.workflow_name,
+        workflow_version=run.workflow_version,
+        status=RUN_STATUS[run.status],
+        error=run.error,
+        labels=run.labels,
+        idempotency_key=run.idempotency_key or "",
+        last_seq=run.last_seq,
+        node_counts=run.node_counts,
+    )
+    set_value(msg.input, run.input)
+    set_value(msg.output, run.output)
+    set_time(msg.created_at, run.created_at)
+    set_time(msg.started_at, run.started_at)
+    set_time(msg.finished_at, run.finished_at)
+    set_time(msg.updated_at, run.updated_at)
+    for node in nodes or ():
+        msg.nodes.append(node_to_proto(node))
+    return msg
+
+
+def node_to_proto(node: NodeRow, after: list[str] | None = None) -> pb.NodeState:
+    msg = pb.NodeState(
+        node_id=node.node_id,
+        kind=node.kind,
+        status=NODE_STATUS[node.status],
+        attempt=node.attempt,
+        error=node.error,
+        after=after or [],
+    )
+    set_value(msg.input, node.input)
+    set_value(msg.output, node.output)
+    if node.usage:
+        msg.usage.update(node.usage)
+    set_time(msg.queued_at, node.queued_at)
+    set_time(msg.started_at, node.started_at)
+    set_time(msg.finished_at, node.finished_at)
+    return msg

@@ -1,0 +1,205 @@
+"""Validates a WorkflowSpec and compiles it into an executable plan.
+
+Every mistake is an `InvalidArgument` (or `ResourceExhausted` for size) that
+names where it is: the node, the field, the cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jsonschema
+
+import core_rs
+from control_plane.convert import from_struct
+from control_plane.errors import InvalidArgument, ResourceExhausted
+from control_plane.expressions import (
+    ExpressionError,
+    condition_tree,
+    node_references,
+    template_references,
+)
+from executors.runners import RunnerRegistry
+from statepipe.v1 import statepipe_pb2 as pb
+
+MAX_NODES = 100_000
+MAX_SPEC_BYTES = 16 * 1024 * 1024
+HOOK_NAMES = ("on_init", "on_progress", "on_success", "on_error", "on_retry", "on_complete")
+STRATEGIES = ("", "fixed", "linear", "exponential")
+NODE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
+
+
+@dataclasses.dataclass
+class NodePlan:
+    spec: pb.NodeSpec
+    position: int
+    params: dict[str, Any]
+    metadata: dict[str, Any]
+    when: Any | None  # parsed condition
+    # Node ids each templated field reads, e.g. {"params.text": {"fetch"}}.
+    refs: dict[str, set[str]]
+
+
+@dataclasses.dataclass
+class Plan:
+    spec: pb.WorkflowSpec
+    spec_bytes: bytes
+    dag: core_rs.Dag
+    nodes: dict[str, NodePlan]
+    validator: jsonschema.protocols.Validator | None
+    sinks: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    def validate_input(self, value: Any) -> None:
+        if self.validator is None:
+            return
+        error = jsonschema.exceptions.best_match(self.validator.iter_errors(value))
+        if error is not None:
+            path = "input" + "".join(
+                f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+            )
+            raise InvalidArgument(f"{path}: {error.message}")
+
+
+def _struct(message: Any) -> dict[str, Any]:
+    return from_struct(message) if message.ByteSize() else {}
+
+
+def compile_spec(spec: pb.WorkflowSpec, runners: RunnerRegistry) -> Plan:
+    """Validates `spec` (filling defaults) and returns its plan."""
+    size = spec.ByteSize()
+    if size > MAX_SPEC_BYTES:
+        raise ResourceExhausted(f"spec is {size:,} bytes; the limit is {MAX_SPEC_BYTES:,}")
+    if len(spec.nodes) > MAX_NODES:
+        raise ResourceExhausted(f"spec has {len(spec.nodes):,} nodes; the limit is {MAX_NODES:,}")
+    if not spec.name:
+        raise InvalidArgument("spec.name is required")
+    if not NAME.match(spec.name):
+        raise InvalidArgument(f"spec.name {spec.name!r} may hold letters, digits and _ . - / only")
+    if not spec.version:
+        spec.version = "1"
+
+    validator = None
+    if spec.input_schema.ByteSize():
+        schema = _struct(spec.input_schema)
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        try:
+            cls.check_schema(schema)
+        except jsonschema.SchemaError as err:
+            where = "/".join(map(str, err.absolute_path)) or "(root)"
+            raise InvalidArgument(
+                f"input_schema is not a valid JSON Schema at {where}: {err.message}"
+            ) from None
+        validator = cls(schema)
+
+    for hook, target in spec.hooks.items():
+        if hook not in HOOK_NAMES:
+            raise InvalidArgument(f"hooks: unknown hook {hook!r}; known: {', '.join(HOOK_NAMES)}")
+        if ":" not in target:
+            raise InvalidArgument(
+                f"hooks.{hook}: {target!r} must look like 'package.module:function'"
+            )
+
+    for key, limit in spec.concurrency.per_key.items():
+        if limit < 1:
+            raise InvalidArgument(f"concurrency.per_key.{key}: must be at least 1, not {limit}")
+    if spec.concurrency.per_run < 0 or spec.concurrency.per_workflow < 0:
+        raise InvalidArgument("concurrency limits must not be negative")
+
+    nodes: dict[str, NodePlan] = {}
+    edges: list[tuple[str, str]] = []
+    for position, node in enumerate(spec.nodes):
+        where = f"nodes[{position}]"
+        if not node.id:
+            raise InvalidArgument(f"{where}.id is required")
+        if not NODE_ID.match(node.id):
+            raise InvalidArgument(f"{where}.id {node.id!r} may hold letters, digits, _ and - only")
+        where = f"node {node.id!r}"
+        runner = runners.get(node.kind)
+        if runner is None:
+            raise InvalidArgument(
+                f"{where}: unknown kind {node.kind!r}; known kinds: {', '.join(runners.kinds())}"
+            )
+        params = _struct(node.params)
+        try:
+            runner.validate(params)
+        except ValueError as err:
+            raise InvalidArgument(f"{where}: {err}") from None
+        retry = node.retry
+        if retry.strategy not in STRATEGIES:
+            raise InvalidArgument(
+                f"{where}: retry.strategy {retry.strategy!r} must be fixed, linear or exponential"
+            )
+        if retry.max_attempts < 0 or retry.backoff_ms < 0 or retry.max_backoff_ms < 0:
+            raise InvalidArgument(f"{where}: retry values must not be negative")
+        if not 0 <= retry.jitter <= 1:
+            raise InvalidArgument(f"{where}: retry.jitter must be between 0 and 1")
+        if node.timeout_ms < 0:
+            raise InvalidArgument(f"{where}: timeout_ms must not be negative")
+        when = None
+        try:
+            refs = template_references(params)
+            if node.when:
+                when = condition_tree(node.when)
+                refs["when"] = node_references(when)
+        except ExpressionError as err:
+            raise InvalidArgument(f"{where}: {err}") from None
+        metadata = _struct(node.metadata)
+        nodes.setdefault(node.id, NodePlan(node, position, params, metadata, when, refs))
+        edges.extend((dep, node.id) for dep in node.after)
+
+    try:
+        dag = core_rs.Dag([n.id for n in spec.nodes], edges)
+    except core_rs.DuplicateNodeError as err:
+        raise InvalidArgument(f"duplicate node id {err.node_id!r}") from None
+    except core_rs.UnknownNodeError as err:
+        u, v = err.edge or ("?", "?")
+        raise InvalidArgument(f"node {v!r} depends on unknown node {u!r}") from None
+    except core_rs.CycleError as err:
+        raise InvalidArgument(
+            f"the nodes form a cycle: {' -> '.join([*err.cycle, err.cycle[0]])}"
+        ) from None
+
+    for node_id, plan in nodes.items():
+        ancestors = None
+        for field, refs in plan.refs.items():
+            for ref in refs:
+                if ref not in nodes:
+                    raise InvalidArgument(
+                        f"node {node_id!r} {field} references unknown node {ref!r}"
+                    )
+                ancestors = ancestors if ancestors is not None else set(dag.ancestors(node_id))
+                if ref not in ancestors:
+                    raise InvalidArgument(
+                        f"node {node_id!r} {field} references node {ref!r}, which is not among "
+                        f"its dependencies; add {ref!r} to its 'after'"
+                    )
+
+    sinks = [n for n in dag.nodes if not dag.successors(n)]
+    return Plan(spec, spec.SerializeToString(deterministic=True), dag, nodes, validator, sinks)
+
+
+def retry_delay_ms(retry: pb.RetryPolicy, attempt: int, rand: float) -> int:
+    """Delay before attempt `attempt + 1`, after `attempt` failed (attempt >= 1)."""
+    base = retry.backoff_ms
+    if retry.strategy == "linear":
+        delay = base * attempt
+    elif retry.strategy == "exponential":
+        delay = base * (2 ** (attempt - 1))
+    else:
+        delay = base
+    if retry.max_backoff_ms:
+        delay = min(delay, retry.max_backoff_ms)
+    if retry.jitter:
+        delay = delay * (1 + retry.jitter * (2 * rand - 1))
+    return max(0, int(delay))

@@ -1,0 +1,137 @@
+"""The composition root: store, bus, pipeline, scheduler, executor, gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import core_rs
+from control_plane.pipeline import EventPipeline
+from control_plane.scheduler import Scheduler, Settings
+from control_plane.service import SERVICE_NAME, Servicer, add_to_server
+from control_plane.store import Store, database_url
+from executors.local import LocalExecutor
+from executors.runners import RunnerRegistry
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_LISTEN = "127.0.0.1:7420"
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    database_url: str | None = None
+    max_concurrency: int = 256
+    lease_ms: int = 15_000
+    bus_capacity: int = 4096
+    flush_interval_ms: float = 2.0
+    grace_s: float = 5.0
+
+
+class ControlPlane:
+    """Everything the control plane runs, started and stopped in order."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.port: int = 0
+        self.store: Store | None = None
+        self.server: grpc.aio.Server | None = None
+        self.scheduler: Scheduler | None = None
+        self.pipeline: EventPipeline | None = None
+        self._health: health.HealthServicer | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> int:
+        cfg = self.config
+        url = cfg.database_url or await asyncio.to_thread(database_url)
+        self.store = await Store.open(url)
+        bus = core_rs.EventBus(cfg.bus_capacity)
+        self.pipeline = EventPipeline(self.store, bus, flush_interval_ms=cfg.flush_interval_ms)
+        self.pipeline.start()
+        runners = RunnerRegistry()
+        executor = LocalExecutor(runners)
+        await executor.start()
+        self.scheduler = Scheduler(
+            self.store,
+            self.pipeline,
+            executor,
+            runners,
+            Settings(max_concurrency=cfg.max_concurrency, lease_ms=cfg.lease_ms),
+        )
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        add_to_server(Servicer(self.store, self.scheduler, self.pipeline, bus), self.server)
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(cfg.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {cfg.listen}")
+        await self.scheduler.start()
+        await self.server.start()
+        health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._health = health_servicer
+        log.info("statepipe control plane listening on %s", self.address)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful: stop taking work, let streams end, leave runs for recovery."""
+        grace = self.config.grace_s if grace_s is None else grace_s
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        if self.server is not None:
+            stopping = asyncio.create_task(self.server.stop(grace))
+        else:
+            stopping = None
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            await self.scheduler.executor.close()
+        if stopping is not None:
+            await stopping
+        if self.pipeline is not None:
+            await self.pipeline.stop()
+        if self.store is not None:
+            await self.store.close()
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    plane = ControlPlane(config)
+    await plane.start()
+    print(f"statepipe server listening on {plane.address}", flush=True)
+    if ready is not None:
+        ready.set()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await plane.stop()

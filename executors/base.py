@@ -1,0 +1,144 @@
+"""The executor contract: run a node task, stream its events, return its output.
+
+Executors never touch the database: everything a node reports goes through
+an `EventSink` the control plane provides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+# (kind, fields) -> None. Fields: message, level, data (dict), status.
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class NodeError(Exception):
+    """A node failed in a way worth a clear one-line error (not a traceback)."""
+
+
+class Cancelled(Exception):
+    """Raised inside a sync node function by `ctx.raise_if_cancelled()`."""
+
+
+@dataclasses.dataclass
+class NodeTask:
+    run_id: str
+    node_id: str
+    kind: str
+    params: dict[str, Any]
+    attempt: int
+    run_input: Any
+    timeout_ms: int = 0
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class NodeContext:
+    """What a node function receives as `ctx`.
+
+    Every method may be called from the event loop or from a worker thread.
+    """
+
+    def __init__(self, task: NodeTask, sink: EventSink, loop: asyncio.AbstractEventLoop) -> None:
+        self.run_id = task.run_id
+        self.node_id = task.node_id
+        self.attempt = task.attempt
+        self.input = task.run_input
+        self.params = task.params
+        self.metadata = task.metadata
+        self._sink = sink
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._cancelled = threading.Event()
+        self.usage: dict[str, float] = {}
+
+    # -- cancellation
+    @property
+    def cancelled(self) -> bool:
+        """True once the node was interrupted, cancelled or timed out."""
+        return self._cancelled.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise Cancelled(f"node {self.node_id!r} was cancelled")
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Sleeps up to `timeout` seconds, waking early on cancellation (sync code)."""
+        return self._cancelled.wait(timeout)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    # -- events
+    def emit(self, kind: str, message: str = "", **data: Any) -> None:
+        """Emits an event of any kind (output, metric, custom ones) with a JSON `data`."""
+        self._send(kind, {"message": message, "data": data})
+
+    def log(self, message: str, level: str = "info", **data: Any) -> None:
+        self._send("log", {"message": str(message), "level": level, "data": data})
+
+    def progress(
+        self, current: float | None = None, total: float | None = None, message: str = ""
+    ) -> None:
+        data: dict[str, Any] = {}
+        if current is not None:
+            data["current"] = current
+        if total is not None:
+            data["total"] = total
+            if current is not None and total:
+                data["fraction"] = current / total
+        self._send("progress", {"message": message, "data": data})
+
+    def token(self, text: str, **data: Any) -> None:
+        """One piece of streamed LLM output."""
+        self._send("token", {"message": text, "data": data})
+
+    def tool_call(self, name: str, arguments: Any = None, result: Any = None, **data: Any) -> None:
+        self._send(
+            "tool_call",
+            {
+                "message": name,
+                "data": {"name": name, "arguments": arguments, "result": result, **data},
+            },
+        )
+
+    def metric(self, name: str, value: float, **tags: Any) -> None:
+        self._send("metric", {"message": name, "data": {"name": name, "value": value, **tags}})
+
+    def add_usage(self, **counts: float) -> None:
+        """Adds to the node's usage (tokens, cost, ...), stored with the node."""
+        for key, value in counts.items():
+            self.usage[key] = self.usage.get(key, 0) + value
+
+    def _send(self, kind: str, fields: dict[str, Any]) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._sink(kind, fields)
+        else:
+            self._loop.call_soon_threadsafe(self._sink, kind, fields)
+
+
+class Runner(Protocol):
+    """Runs one kind of node. `validate` checks params at registration time."""
+
+    kind: str
+
+    def validate(self, params: Mapping[str, Any]) -> None: ...
+
+    def run(self, task: NodeTask, ctx: NodeContext) -> Awaitable[Any]: ...
+
+
+class Executor(Protocol):
+    """Where nodes run. `run` obeys asyncio cancellation (interrupts, timeouts)."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def run(self, task: NodeTask, ctx: NodeContext) -> Any: ...
+
+    async def close(self) -> None: ...
