@@ -51,6 +51,7 @@ class Plan:
     nodes: dict[str, NodePlan]
     validator: jsonschema.protocols.Validator | None
     sinks: list[str]
+    metadata: dict[str, Any]
 
     @property
     def name(self) -> str:
@@ -186,7 +187,15 @@ def compile_spec(spec: pb.WorkflowSpec, runners: RunnerRegistry) -> Plan:
                     )
 
     sinks = [n for n in dag.nodes if not dag.successors(n)]
-    return Plan(spec, spec.SerializeToString(deterministic=True), dag, nodes, validator, sinks)
+    return Plan(
+        spec,
+        spec.SerializeToString(deterministic=True),
+        dag,
+        nodes,
+        validator,
+        sinks,
+        _struct(spec.metadata),
+    )
 
 
 def retry_delay_ms(retry: pb.RetryPolicy, attempt: int, rand: float) -> int:

@@ -308,8 +308,10 @@ class Scheduler:
                 else:
                     raise FailedPrecondition(_refusal(run_id, action, run.status))
             await actor.apply(action, node_id=node_id, reason=reason)
+            # The run as the control left it (nodes may move on during the flush).
+            snapshot = dataclasses.replace(actor.run, node_counts=dict(actor.run.node_counts))
             await self.pipeline.flush()
-            return dataclasses.replace(actor.run)
+            return snapshot
 
     async def _activate_idle(self, run_id: str) -> RunActor:
         run = await self.store.get_run(run_id)
@@ -399,7 +401,9 @@ class RunActor:
     async def main(self, first_time: bool) -> None:
         try:
             if first_time:
-                await self.scheduler.hooks.call(self.plan, "on_init", self._hook_ctx())
+                await self.scheduler.hooks.call(
+                    self.plan, "on_init", self._hook_ctx(), self.plan.metadata
+                )
             while not self._stop:
                 self.wake.clear()
                 if self.run.status == "RUNNING":
@@ -734,7 +738,9 @@ class RunActor:
             if self.nodes[node_id].status == "SUCCEEDED"
         }
         self._put_run(emit=True)
-        await self.scheduler.hooks.call(self.plan, "on_complete", self._hook_ctx())
+        await self.scheduler.hooks.call(
+            self.plan, "on_complete", self._hook_ctx(), self.plan.metadata
+        )
         self.pipeline.close_run(self.run.run_id)
 
     # -------------------------------------------------------------- controls
@@ -779,8 +785,7 @@ class RunActor:
             if action == "cancel":
                 self.run.finished_at = now()
             self._put_run(emit=True, message=f"{action}ed{note}")
-            self.queued = []
-            self.rebuild()
+            self.queued = []  # resume rebuilds the frontier from the nodes' statuses
             if action == "cancel":
                 self.pipeline.close_run(self.run.run_id)
             self.wake.set()

@@ -15,26 +15,40 @@ from statepipe.client import Client, StatepipeError
 
 def py(node_id: str, fn: str, after: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     args = extra.pop("args", {})
-    node = {"id": node_id, "kind": "python",
-            "params": {"callable": f"sp_nodes:{fn}", "args": args}, **extra}
+    node = {
+        "id": node_id,
+        "kind": "python",
+        "params": {"callable": f"sp_nodes:{fn}", "args": args},
+        **extra,
+    }
     if after:
         node["after"] = after
     return node
 
 
 def test_a_run_executes_in_dependency_order_and_is_persisted(client: Client) -> None:
-    client.register_workflow({
-        "name": "sum", "version": "1",
-        "input_schema": {"type": "object", "properties": {"x": {"type": "integer"}},
-                         "required": ["x"]},
-        "nodes": [
-            py("a", "add", args={"a": "{{ input.x }}", "b": 1}),
-            py("b", "add", ["a"], args={"a": "{{ nodes.a.output }}", "b": 10}),
-            py("c", "add", ["a"], args={"a": "{{ nodes.a.output }}", "b": 100}),
-            py("d", "echo", ["b", "c"],
-               args={"total": "{{ nodes.b.output }}", "text": "b={{ nodes.b.output }}"}),
-        ],
-    })
+    client.register_workflow(
+        {
+            "name": "sum",
+            "version": "1",
+            "input_schema": {
+                "type": "object",
+                "properties": {"x": {"type": "integer"}},
+                "required": ["x"],
+            },
+            "nodes": [
+                py("a", "add", args={"a": "{{ input.x }}", "b": 1}),
+                py("b", "add", ["a"], args={"a": "{{ nodes.a.output }}", "b": 10}),
+                py("c", "add", ["a"], args={"a": "{{ nodes.a.output }}", "b": 100}),
+                py(
+                    "d",
+                    "echo",
+                    ["b", "c"],
+                    args={"total": "{{ nodes.b.output }}", "text": "b={{ nodes.b.output }}"},
+                ),
+            ],
+        }
+    )
     run_id = client.start_run("sum", {"x": 1})
     run = client.wait(run_id, timeout=30)
     assert run.status == "SUCCEEDED"
@@ -56,8 +70,7 @@ def test_a_run_executes_in_dependency_order_and_is_persisted(client: Client) -> 
     assert order.index("c") < order.index("d")
     assert run.last_seq == events[-1].seq
     assert events[-1].kind == "run_status" and events[-1].status == "SUCCEEDED"
-    assert [e.message for e in events if e.kind == "log" and e.node_id == "a"] == [
-        "adding 1 and 1"]
+    assert [e.message for e in events if e.kind == "log" and e.node_id == "a"] == ["adding 1 and 1"]
 
 
 def test_inline_spec_labels_and_listing(client: Client) -> None:
@@ -87,11 +100,18 @@ def test_idempotency_key_returns_the_same_run(client: Client) -> None:
 
 
 def test_retries_with_backoff_are_counted_and_shown(client: Client) -> None:
-    spec = {"name": "retry", "nodes": [
-        py("flaky", "fail_until", args={"succeed_on": 3},
-           retry={"max_attempts": 3, "backoff_ms": 50, "strategy": "exponential"}),
-        py("after", "echo", ["flaky"], args={"got": "{{ nodes.flaky.output }}"}),
-    ]}
+    spec = {
+        "name": "retry",
+        "nodes": [
+            py(
+                "flaky",
+                "fail_until",
+                args={"succeed_on": 3},
+                retry={"max_attempts": 3, "backoff_ms": 50, "strategy": "exponential"},
+            ),
+            py("after", "echo", ["flaky"], args={"got": "{{ nodes.flaky.output }}"}),
+        ],
+    }
     started = time.monotonic()
     run = client.wait(client.start_run(spec), timeout=30)
     elapsed = time.monotonic() - started
@@ -99,19 +119,25 @@ def test_retries_with_backoff_are_counted_and_shown(client: Client) -> None:
     assert run.node("flaky").attempt == 3 and run.node("flaky").output == 3
     assert run.node("after").output == {"got": 3}
     assert elapsed >= 0.15  # 50 ms, then 100 ms of backoff
-    statuses = [(e.status, e.attempt) for e in client.watch(run.run_id)
-                if e.kind == "node_status" and e.node_id == "flaky"]
+    statuses = [
+        (e.status, e.attempt)
+        for e in client.watch(run.run_id)
+        if e.kind == "node_status" and e.node_id == "flaky"
+    ]
     assert ("RETRY_WAIT", 1) in statuses and ("RETRY_WAIT", 2) in statuses
     assert statuses[-1] == ("SUCCEEDED", 3)
 
 
 def test_spent_retries_fail_the_node_and_skip_its_descendants(client: Client) -> None:
-    spec = {"name": "failing", "nodes": [
-        py("bad", "boom", args={"message": "no luck"}, retry={"max_attempts": 2}),
-        py("child", "echo", ["bad"]),
-        py("grandchild", "echo", ["child"]),
-        py("independent", "echo"),
-    ]}
+    spec = {
+        "name": "failing",
+        "nodes": [
+            py("bad", "boom", args={"message": "no luck"}, retry={"max_attempts": 2}),
+            py("child", "echo", ["bad"]),
+            py("grandchild", "echo", ["child"]),
+            py("independent", "echo"),
+        ],
+    }
     run = client.wait(client.start_run(spec), timeout=30)
     assert run.status == "FAILED"
     assert "bad" in run.error
@@ -124,10 +150,13 @@ def test_spent_retries_fail_the_node_and_skip_its_descendants(client: Client) ->
 
 
 def test_continue_on_failure_lets_dependents_run(client: Client) -> None:
-    spec = {"name": "tolerant", "nodes": [
-        py("optional", "boom", continue_on_failure=True),
-        py("next", "echo", ["optional"], args={"status": "{{ nodes.optional.status }}"}),
-    ]}
+    spec = {
+        "name": "tolerant",
+        "nodes": [
+            py("optional", "boom", continue_on_failure=True),
+            py("next", "echo", ["optional"], args={"status": "{{ nodes.optional.status }}"}),
+        ],
+    }
     run = client.wait(client.start_run(spec), timeout=30)
     assert run.node("optional").status == "FAILED"
     assert run.node("next").output == {"status": "FAILED"}
@@ -135,13 +164,20 @@ def test_continue_on_failure_lets_dependents_run(client: Client) -> None:
 
 
 def test_when_conditions_choose_a_branch(client: Client) -> None:
-    spec = {"name": "branch", "nodes": [
-        py("route", "echo", args={"kind": "{{ input.kind }}"}),
-        py("search", "echo", ["route"], when="nodes.route.output.kind == 'search'"),
-        py("answer", "echo", ["route"], when="{{ nodes.route.output.kind == 'answer' }}"),
-        py("join", "echo", ["search", "answer"],
-           args={"searched": "{{ nodes.search.status == 'SUCCEEDED' }}"}),
-    ]}
+    spec = {
+        "name": "branch",
+        "nodes": [
+            py("route", "echo", args={"kind": "{{ input.kind }}"}),
+            py("search", "echo", ["route"], when="nodes.route.output.kind == 'search'"),
+            py("answer", "echo", ["route"], when="{{ nodes.route.output.kind == 'answer' }}"),
+            py(
+                "join",
+                "echo",
+                ["search", "answer"],
+                args={"searched": "{{ nodes.search.status == 'SUCCEEDED' }}"},
+            ),
+        ],
+    }
     run = client.wait(client.start_run(spec, {"kind": "search"}), timeout=30)
     assert run.status == "SUCCEEDED"
     assert run.node("search").status == "SUCCEEDED"
@@ -150,11 +186,19 @@ def test_when_conditions_choose_a_branch(client: Client) -> None:
 
 
 def test_timeouts_fail_a_node_and_retry_it(client: Client) -> None:
-    spec = {"name": "slow", "nodes": [
-        py("sync_slow", "sleep", args={"seconds": 5}, timeout_ms=100,
-           retry={"max_attempts": 2, "backoff_ms": 10}),
-        py("async_slow", "async_sleep", args={"seconds": 5}, timeout_ms=100),
-    ]}
+    spec = {
+        "name": "slow",
+        "nodes": [
+            py(
+                "sync_slow",
+                "sleep",
+                args={"seconds": 5},
+                timeout_ms=100,
+                retry={"max_attempts": 2, "backoff_ms": 10},
+            ),
+            py("async_slow", "async_sleep", args={"seconds": 5}, timeout_ms=100),
+        ],
+    }
     started = time.monotonic()
     run = client.wait(client.start_run(spec), timeout=30)
     assert time.monotonic() - started < 4
@@ -165,8 +209,10 @@ def test_timeouts_fail_a_node_and_retry_it(client: Client) -> None:
 
 
 def test_node_context_events_stream_and_usage_is_stored(client: Client) -> None:
-    run = client.wait(client.start_run({"name": "chat", "nodes": [
-        py("talk", "chatty", args={"tokens": 4})]}), timeout=30)
+    run = client.wait(
+        client.start_run({"name": "chat", "nodes": [py("talk", "chatty", args={"tokens": 4})]}),
+        timeout=30,
+    )
     events = list(client.watch(run.run_id))
     tokens = [e.message for e in events if e.kind == "token"]
     assert tokens == ["t0 ", "t1 ", "t2 ", "t3 "]
@@ -182,31 +228,48 @@ def test_node_context_events_stream_and_usage_is_stored(client: Client) -> None:
 
 
 def test_a_callable_that_cannot_be_imported_fails_the_node_clearly(client: Client) -> None:
-    run = client.wait(client.start_run({"name": "missing", "nodes": [
-        {"id": "x", "kind": "python", "params": {"callable": "no_such_module:fn"}},
-        {"id": "y", "kind": "python", "params": {"callable": "sp_nodes:no_such_fn"}},
-        py("z", "not_json"),
-    ]}), timeout=30)
+    run = client.wait(
+        client.start_run(
+            {
+                "name": "missing",
+                "nodes": [
+                    {"id": "x", "kind": "python", "params": {"callable": "no_such_module:fn"}},
+                    {"id": "y", "kind": "python", "params": {"callable": "sp_nodes:no_such_fn"}},
+                    py("z", "not_json"),
+                ],
+            }
+        ),
+        timeout=30,
+    )
     assert run.status == "FAILED"
     assert run.node("x").error.startswith("cannot import 'no_such_module:fn': ModuleNotFound")
     assert run.node("y").error == (
-        "cannot import 'sp_nodes:no_such_fn': module 'sp_nodes' has no attribute 'no_such_fn'")
+        "cannot import 'sp_nodes:no_such_fn': module 'sp_nodes' has no attribute 'no_such_fn'"
+    )
     assert "not JSON-serializable" in run.node("z").error
 
 
-def test_hooks_run_and_a_failing_hook_is_an_event(client: Client, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hooks_run_and_a_failing_hook_is_an_event(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = tmp_path / "hooks.log"
     monkeypatch.setenv("SP_HOOK_LOG", str(log))
-    spec = {"name": "hooked",
-            "hooks": {"on_init": "sp_nodes:hook_log", "on_success": "sp_nodes:hook_log",
-                      "on_retry": "sp_nodes:hook_log", "on_error": "sp_nodes:hook_raises",
-                      "on_complete": "sp_nodes:hook_log", "on_progress": "sp_nodes:hook_log"},
-            "nodes": [
-                py("ok", "chatty", args={"tokens": 1}),
-                py("flaky", "fail_until", args={"succeed_on": 2}, retry={"max_attempts": 2}),
-                py("bad", "boom"),
-            ]}
+    spec = {
+        "name": "hooked",
+        "hooks": {
+            "on_init": "sp_nodes:hook_log",
+            "on_success": "sp_nodes:hook_log",
+            "on_retry": "sp_nodes:hook_log",
+            "on_error": "sp_nodes:hook_raises",
+            "on_complete": "sp_nodes:hook_log",
+            "on_progress": "sp_nodes:hook_log",
+        },
+        "nodes": [
+            py("ok", "chatty", args={"tokens": 1}),
+            py("flaky", "fail_until", args={"succeed_on": 2}, retry={"max_attempts": 2}),
+            py("bad", "boom"),
+        ],
+    }
     run = client.wait(client.start_run(spec), timeout=30)
     assert run.status == "FAILED"  # from the node, not from the hook
     lines = log.read_text().splitlines()
@@ -221,26 +284,34 @@ def test_hooks_run_and_a_failing_hook_is_an_event(client: Client, tmp_path: Path
 
 
 def test_concurrency_key_limits_parallel_nodes(client: Client, tmp_path: Path) -> None:
-    nodes = [py(f"p{i}", "concurrency_probe", args={"marker_dir": str(tmp_path)},
-                concurrency_key="gpu") for i in range(6)]
+    nodes = [
+        py(f"p{i}", "concurrency_probe", args={"marker_dir": str(tmp_path)}, concurrency_key="gpu")
+        for i in range(6)
+    ]
     spec = {"name": "keyed", "concurrency": {"per_key": {"gpu": 2}}, "nodes": nodes}
     assert client.wait(client.start_run(spec), timeout=30).status == "SUCCEEDED"
     assert int((tmp_path / "max").read_text()) == 2
 
 
 def test_per_run_limit(client: Client, tmp_path: Path) -> None:
-    nodes = [py(f"p{i}", "concurrency_probe", args={"marker_dir": str(tmp_path),
-                                                    "seconds": 0.1}) for i in range(6)]
+    nodes = [
+        py(f"p{i}", "concurrency_probe", args={"marker_dir": str(tmp_path), "seconds": 0.1})
+        for i in range(6)
+    ]
     spec = {"name": "per-run", "concurrency": {"per_run": 1}, "nodes": nodes}
     assert client.wait(client.start_run(spec), timeout=30).status == "SUCCEEDED"
     assert int((tmp_path / "max").read_text()) == 1
 
 
 def test_parallel_nodes_do_run_in_parallel(client: Client, tmp_path: Path) -> None:
-    nodes = [py(f"p{i}", "concurrency_probe", args={"marker_dir": str(tmp_path),
-                                                    "seconds": 0.3}) for i in range(4)]
-    assert client.wait(client.start_run({"name": "wide", "nodes": nodes}),
-                       timeout=30).status == "SUCCEEDED"
+    nodes = [
+        py(f"p{i}", "concurrency_probe", args={"marker_dir": str(tmp_path), "seconds": 0.3})
+        for i in range(4)
+    ]
+    assert (
+        client.wait(client.start_run({"name": "wide", "nodes": nodes}), timeout=30).status
+        == "SUCCEEDED"
+    )
     assert int((tmp_path / "max").read_text()) == 4
 
 
@@ -252,9 +323,13 @@ def test_unknown_run_is_not_found(client: Client) -> None:
 
 
 def test_many_watchers_see_identical_streams(client: Client) -> None:
-    spec = {"name": "watched", "nodes": [
-        py(f"n{i}", "chatty", [f"n{i-1}"] if i else None, args={"tokens": 20})
-        for i in range(5)]}
+    spec = {
+        "name": "watched",
+        "nodes": [
+            py(f"n{i}", "chatty", [f"n{i - 1}"] if i else None, args={"tokens": 20})
+            for i in range(5)
+        ],
+    }
     run_id = client.start_run(spec)
     streams: list[list[tuple[int, str]]] = [[] for _ in range(8)]
 
@@ -277,8 +352,10 @@ def test_many_watchers_see_identical_streams(client: Client) -> None:
 
 
 def test_list_events_pages(client: Client) -> None:
-    run = client.wait(client.start_run({"name": "paged", "nodes": [
-        py("talk", "chatty", args={"tokens": 30})]}), timeout=30)
+    run = client.wait(
+        client.start_run({"name": "paged", "nodes": [py("talk", "chatty", args={"tokens": 30})]}),
+        timeout=30,
+    )
     events = client.list_events(run.run_id, limit=10)
     assert [e.seq for e in events] == list(range(1, 11))
     tokens = client.list_events(run.run_id, kinds=["token"], limit=1000)

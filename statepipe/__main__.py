@@ -1,0 +1,5 @@
+"""``python -m statepipe`` runs the CLI."""
+
+from statepipe.cli import main
+
+main()

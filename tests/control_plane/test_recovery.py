@@ -1,0 +1,148 @@
+"""Crash safety: a server killed with SIGKILL mid-run, started again, finishes the run."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from statepipe.client import Client
+
+
+class ServerProcess:
+    """`python -m statepipe server` as a child process on port 0."""
+
+    def __init__(self, database_url: str, home: Path) -> None:
+        env = dict(os.environ, STATEPIPE_HOME=str(home))
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "statepipe",
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise AssertionError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+        self.address = line.rsplit(" ", 1)[1].strip()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(10)
+
+
+def layered_spec(marker_dir: Path, layers: int, width: int, seconds: float) -> dict:
+    nodes = []
+    for layer in range(layers):
+        for i in range(width):
+            node = {
+                "id": f"n{layer}_{i}",
+                "kind": "python",
+                "params": {
+                    "callable": "sp_nodes:record",
+                    "args": {"marker_dir": str(marker_dir), "seconds": seconds},
+                },
+            }
+            if layer:
+                node["after"] = [f"n{layer - 1}_{i}", f"n{layer - 1}_{(i + 1) % width}"]
+            nodes.append(node)
+    return {"name": "crashy", "nodes": nodes}
+
+
+def test_sigkill_mid_run_then_restart_finishes_the_run(
+    database_url: str, tmp_path: Path, processes: list[ServerProcess]
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    first = ServerProcess(database_url, tmp_path / "home")
+    processes.append(first)
+    with Client(first.address) as client:
+        run_id = client.start_run(layered_spec(marks, layers=20, width=10, seconds=0.05))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = client.get_run(run_id).node_counts.get("SUCCEEDED", 0)
+            if done >= 60:
+                break
+            time.sleep(0.02)
+        assert 60 <= done < 200, done
+    first.kill()
+    succeeded_before = {p.name.removesuffix(".runs") for p in marks.glob("*.runs")}
+
+    second = ServerProcess(database_url, tmp_path / "home")
+    processes.append(second)
+    with Client(second.address) as client:
+        run = client.wait(run_id, timeout=60)
+        assert run.status == "SUCCEEDED"
+        assert len(run.nodes) == 200
+        assert all(n.status == "SUCCEEDED" for n in run.nodes)
+        events = list(client.watch(run_id))
+    seqs = [e.seq for e in events]
+    assert seqs == list(range(1, len(events) + 1)), "event seqs must be 1..N without a gap"
+    successes = collections.Counter(
+        e.node_id for e in events if e.kind == "node_status" and e.status == "SUCCEEDED"
+    )
+    assert set(successes) == {n.node_id for n in run.nodes}
+    assert max(successes.values()) == 1, "each node's success is recorded once"
+    # A node that ran before the crash ran again only if it had not succeeded:
+    # at most the few in flight at the kill ran twice.
+    runs = {
+        p.name.removesuffix(".runs"): len(p.read_text().splitlines()) for p in marks.glob("*.runs")
+    }
+    assert len(runs) == 200
+    twice = [n for n, count in runs.items() if count > 1]
+    assert set(twice) <= succeeded_before
+    assert len(twice) <= 20
+    assert any(e.kind == "log" and "taken over" in e.message for e in events)
+    assert second.terminate() == 0  # SIGTERM: graceful exit
+
+
+def test_sigterm_is_graceful_and_runs_continue_after_restart(
+    database_url: str, tmp_path: Path, processes: list[ServerProcess]
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    first = ServerProcess(database_url, tmp_path / "home")
+    processes.append(first)
+    with Client(first.address) as client:
+        run_id = client.start_run(layered_spec(marks, layers=5, width=4, seconds=0.1))
+        time.sleep(0.3)
+    assert first.terminate() == 0
+    second = ServerProcess(database_url, tmp_path / "home")
+    processes.append(second)
+    with Client(second.address) as client:
+        assert client.wait(run_id, timeout=60).status == "SUCCEEDED"
+    assert second.terminate() == 0
