@@ -1,10 +1,64 @@
-"""statepipe: run LLM agent workflows as DAGs and watch them live."""
+"""statepipe: run LLM agent workflows as DAGs and watch them live.
 
+The client surface is exported lazily, so ``import statepipe`` stays cheap
+(grpc and protobuf load on first use of a name that needs them)::
+
+    from statepipe import Client, StatepipeError
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("statepipe")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from statepipe._convert import SpecError
+    from statepipe.client import (
+        AsyncClient,
+        Client,
+        Event,
+        NodeState,
+        Run,
+        StatepipeError,
+    )
+
+# Exported name -> module that defines it.
+_LAZY = {
+    "AsyncClient": "statepipe.client",
+    "Client": "statepipe.client",
+    "Event": "statepipe.client",
+    "NodeState": "statepipe.client",
+    "Run": "statepipe.client",
+    "SpecError": "statepipe._convert",
+    "StatepipeError": "statepipe.client",
+}
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Event",
+    "NodeState",
+    "Run",
+    "SpecError",
+    "StatepipeError",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'statepipe' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -76,7 +76,7 @@ class ServerThread:
         self.call(self.plane.start())
         self.address = self.plane.address
 
-    def call(self, coro, timeout: float = 60):  # noqa: ANN001, ANN201
+    def call(self, coro, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
@@ -97,7 +97,7 @@ def server(database_url: str) -> Iterator[ServerThread]:
 
 
 @pytest.fixture
-def client(server: ServerThread):  # noqa: ANN201
+def client(server: ServerThread):
     from statepipe.client import Client
 
     with Client(server.address) as c:
