@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 import pytest
 
-from statepipe import AsyncClient, Client, Event, Run, SpecError, StatepipeError, Workflow
+from statepipe import AsyncClient, Client, Event, Run, SpecError, StatepipeError
 from statepipe._convert import json_to_value
-from statepipe.client import CHANNEL_OPTIONS
+from statepipe.client import CHANNEL_OPTIONS, Workflow
 from statepipe.v1 import statepipe_pb2 as pb
 from statepipe.v1 import statepipe_pb2_grpc as pb_grpc
 
