@@ -11,6 +11,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -94,6 +95,21 @@ def server(database_url: str) -> Iterator[ServerThread]:
     srv = ServerThread(database_url)
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def make_server(database_url: str) -> Iterator[Any]:
+    """Starts servers with custom ServerConfig fields; all stopped at teardown."""
+    started: list[ServerThread] = []
+
+    def make(**config: object) -> ServerThread:
+        srv = ServerThread(database_url, **config)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
 
 
 @pytest.fixture

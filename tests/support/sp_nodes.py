@@ -121,3 +121,46 @@ def hook_log(ctx: dict[str, Any], metadata: dict[str, Any]) -> None:
 
 def hook_raises(ctx: dict[str, Any], metadata: dict[str, Any]) -> None:
     raise RuntimeError("hook exploded")
+
+
+def many_tokens(ctx: Any, n: int = 500) -> int:
+    for i in range(n):
+        ctx.token(f"{i} ")
+    return n
+
+
+def loop_until_cancelled(ctx: Any, marker_dir: str) -> str:
+    """A sync node that polls ctx.cancelled and records that it noticed."""
+    path = Path(marker_dir)
+    (path / f"{ctx.node_id}.started").write_text("1")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ctx.cancelled:
+            (path / f"{ctx.node_id}.noticed").write_text(str(time.time()))
+            return "noticed"
+        time.sleep(0.005)
+    return "never cancelled"
+
+
+def in_process(ctx: Any, value: int) -> dict[str, int]:
+    ctx.log("from a worker process")
+    return {"pid": os.getpid(), "value": value * 2}
+
+
+class Plugin:
+    """A statepipe.plugins entry point: records every hook to $SP_PLUGIN_LOG."""
+
+    def _write(self, hook: str, ctx: dict[str, Any]) -> None:
+        target = os.environ.get("SP_PLUGIN_LOG")
+        if target:
+            with open(target, "a") as f:
+                f.write(f"{hook} {ctx.get('node_id', '')}\n")
+
+    def on_init(self, ctx: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self._write("on_init", ctx)
+
+    def on_success(self, ctx: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self._write("on_success", ctx)
+
+    async def on_complete(self, ctx: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self._write("on_complete", ctx)
