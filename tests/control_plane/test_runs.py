@@ -362,3 +362,29 @@ def test_list_events_pages(client: Client) -> None:
     assert len(tokens) == 30
     everything = client.list_events(run.run_id, limit=1000)
     assert everything[-1].seq == run.last_seq
+
+
+def test_global_and_per_workflow_limits(make_server: Any, tmp_path: Path) -> None:
+    server = make_server(max_concurrency=2)
+    with Client(server.address) as client:
+        marks = tmp_path / "global"
+        marks.mkdir()
+        nodes = [
+            py(f"p{i}", "concurrency_probe", args={"marker_dir": str(marks), "seconds": 0.1})
+            for i in range(5)
+        ]
+        ids = [client.start_run({"name": f"g{i}", "nodes": nodes}) for i in range(2)]
+        assert all(client.wait(r, timeout=30).status == "SUCCEEDED" for r in ids)
+        assert int((marks / "max").read_text()) == 2
+    server = make_server()
+    with Client(server.address) as client:
+        marks = tmp_path / "workflow"
+        marks.mkdir()
+        nodes = [
+            py(f"p{i}", "concurrency_probe", args={"marker_dir": str(marks), "seconds": 0.1})
+            for i in range(3)
+        ]
+        spec = {"name": "limited", "concurrency": {"per_workflow": 2}, "nodes": nodes}
+        ids = [client.start_run(spec) for _ in range(3)]
+        assert all(client.wait(r, timeout=30).status == "SUCCEEDED" for r in ids)
+        assert int((marks / "max").read_text()) == 2
