@@ -42,6 +42,11 @@ class NodePlan:
     # Node ids each templated field reads, e.g. {"params.text": {"fetch"}}.
     refs: dict[str, set[str]]
 
+    @property
+    def referenced(self) -> set[str]:
+        """Every node id the params and the condition read."""
+        return set().union(*self.refs.values()) if self.refs else set()
+
 
 @dataclasses.dataclass
 class Plan:

@@ -19,6 +19,7 @@ import random
 import socket
 import traceback
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import core_rs
@@ -479,20 +480,19 @@ class RunActor:
                 self._set_node(node, "QUEUED")
             self.queued.append(node_id)
 
-    def _scope(self) -> dict[str, Any]:
-        return {
-            "input": self.run.input,
-            "nodes": {
-                n.node_id: {
+    def _scope(self, node_ids: Iterable[str]) -> dict[str, Any]:
+        """What templates and conditions may read: the input and the named nodes."""
+        nodes = {}
+        for node_id in node_ids:
+            n = self.nodes[node_id]
+            if n.status in FINAL_NODE:
+                nodes[node_id] = {
                     "output": n.output,
                     "status": n.status,
                     "attempt": n.attempt,
                     "error": n.error,
                 }
-                for n in self.nodes.values()
-                if n.status in FINAL_NODE
-            },
-        }
+        return {"input": self.run.input, "nodes": nodes}
 
     async def execute(self, node_id: str) -> None:
         node = self.nodes[node_id]
@@ -501,11 +501,7 @@ class RunActor:
         key = spec.concurrency_key
         ctx: NodeContext | None = None
         try:
-            scope = (
-                self._scope()
-                if (node_plan.refs or node_plan.when)
-                else {"input": self.run.input, "nodes": {}}
-            )
+            scope = self._scope(node_plan.referenced)
             if node_plan.when is not None:
                 try:
                     go = bool(evaluate(node_plan.when, scope, spec.when))
