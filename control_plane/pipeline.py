@@ -41,9 +41,10 @@ class EventPipeline:
         self.max_batch_events = max_batch_events
         self._batch = Batch()
         self._to_publish: list[tuple[str, bytes]] = []
-        self._to_close: list[str] = []
+        self._to_close: list[tuple[str, int]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._seqs: dict[str, int] = {}
+        self._generation: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -64,6 +65,8 @@ class EventPipeline:
     def open_run(self, run_id: str, last_seq: int) -> None:
         """Seqs of `run_id` continue after `last_seq` (the stored maximum)."""
         self._seqs[run_id] = max(last_seq, self._seqs.get(run_id, 0))
+        # A close requested before this (re)open must not end the new topic.
+        self._generation[run_id] = self._generation.get(run_id, 0) + 1
         self.bus.open(run_id, self._seqs[run_id])
 
     def is_open(self, run_id: str) -> bool:
@@ -130,7 +133,7 @@ class EventPipeline:
 
     def close_run(self, run_id: str) -> None:
         """Ends the run's live topic once everything emitted so far is published."""
-        self._to_close.append(run_id)
+        self._to_close.append((run_id, self._generation.get(run_id, 0)))
         self._kick()
 
     async def flush(self) -> None:
@@ -181,7 +184,9 @@ class EventPipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _publish(self, batch: Batch, publish: list[tuple[str, bytes]], closing: list[str]) -> None:
+    def _publish(
+        self, batch: Batch, publish: list[tuple[str, bytes]], closing: list[tuple[str, int]]
+    ) -> None:
         publish_event = self.bus.publish
         for run_id, body in publish:
             publish_event(run_id, body)
@@ -189,6 +194,8 @@ class EventPipeline:
         for run in summaries:
             update = pb.RunSummaryUpdate(run=run_to_proto(run))
             publish_event(RUNS_TOPIC, update.SerializeToString())
-        for run_id in closing:
-            self.bus.close(run_id)
-            self._seqs.pop(run_id, None)
+        for run_id, generation in closing:
+            if self._generation.get(run_id, 0) == generation:
+                self.bus.close(run_id)
+                self._seqs.pop(run_id, None)
+                self._generation.pop(run_id, None)

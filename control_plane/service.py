@@ -301,6 +301,11 @@ class Servicer(pb_grpc.StatePipeServicer):
             )
 
         while True:
+            if not request.follow_forever and await is_final():
+                # Nothing more will be published: no live topic needed.
+                async for body in replay():
+                    yield body
+                return
             # Subscribe before replaying, so nothing published meanwhile is missed.
             sub = self.bus.subscribe(run_id, last)
             async for body in replay():
