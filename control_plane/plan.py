@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 
 import core_rs
 from control_plane.convert import from_struct
@@ -69,12 +70,43 @@ class Plan:
     def validate_input(self, value: Any) -> None:
         if self.validator is None:
             return
-        error = jsonschema.exceptions.best_match(self.validator.iter_errors(value))
+        try:
+            error = jsonschema.exceptions.best_match(self.validator.iter_errors(value))
+        except referencing.exceptions.Unresolvable as err:
+            raise InvalidArgument(
+                f"input_schema has a $ref that cannot be resolved: {err}"
+            ) from None
         if error is not None:
             path = "input" + "".join(
                 f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
             )
             raise InvalidArgument(f"{path}: {error.message}")
+
+
+def _check_refs(node: Any, root: dict[str, Any]) -> None:
+    """Every $ref must point inside the schema: nothing is fetched from the network."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            if not ref.startswith("#"):
+                raise InvalidArgument(
+                    f"input_schema: $ref {ref!r} points outside the schema; only local "
+                    "references ('#/$defs/...') are supported"
+                )
+            target: Any = root
+            for part in filter(None, ref[1:].split("/")):
+                key = part.replace("~1", "/").replace("~0", "~")
+                if isinstance(target, dict) and key in target:
+                    target = target[key]
+                elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
+                    target = target[int(key)]
+                else:
+                    raise InvalidArgument(f"input_schema: $ref {ref!r} points to nothing")
+        for value in node.values():
+            _check_refs(value, root)
+    elif isinstance(node, list):
+        for value in node:
+            _check_refs(value, root)
 
 
 def _struct(message: Any) -> dict[str, Any]:
@@ -106,6 +138,7 @@ def compile_spec(spec: pb.WorkflowSpec, runners: RunnerRegistry) -> Plan:
             raise InvalidArgument(
                 f"input_schema is not a valid JSON Schema at {where}: {err.message}"
             ) from None
+        _check_refs(schema, schema)
         validator = cls(schema)
 
     for hook, target in spec.hooks.items():

