@@ -191,7 +191,11 @@ class EventPipeline:
         for run_id, body in publish:
             publish_event(run_id, body)
         summaries = [run for run, _ in batch.new_runs] + list(batch.runs.values())
+        last_seqs: dict[str, int] = {}
+        for event in batch.events:
+            last_seqs[event.run_id] = max(last_seqs.get(event.run_id, 0), event.seq)
         for run in summaries:
+            run.last_seq = max(run.last_seq, last_seqs.get(run.run_id, 0))
             update = pb.RunSummaryUpdate(run=run_to_proto(run))
             publish_event(RUNS_TOPIC, update.SerializeToString())
         for run_id, generation in closing:

@@ -730,11 +730,12 @@ class RunActor:
         else:
             self.run.status = "SUCCEEDED"
             self.run.error = ""
+        # Each sink node's output; null when no sink succeeded.
         self.run.output = {
             node_id: self.nodes[node_id].output
             for node_id in self.plan.sinks
             if self.nodes[node_id].status == "SUCCEEDED"
-        }
+        } or None
         self._put_run(emit=True)
         await self.scheduler.hooks.call(
             self.plan, "on_complete", self._hook_ctx(), self.plan.metadata

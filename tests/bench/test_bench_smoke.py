@@ -1,0 +1,44 @@
+"""Smoke test: bench/bench_control_plane.py runs end to end at --quick sizes.
+
+It starts its own embedded Postgres and control plane. Only the exit code and
+the presence of each section's lines are checked, never a timing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "bench_control_plane.py"
+
+# Each section's header and the figure line it must print.
+EXPECTED = {
+    "runs": ["[runs] ", "runs started/s", "runs completed/s", "tx/s"],
+    "dag": ["[dag] ", "  nodes/s ", "core_rs.Frontier alone"],
+    "latency": ["[latency] ", "-node DAG", "independent nodes", "dispatch p50"],
+    "events": ["[events] ", "  events/s ", "deliveries/s", "rows/s"],
+}
+
+
+@pytest.mark.timeout(300)
+def test_bench_control_plane_quick() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--hard-timeout", "240"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    report = f"exit code {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 0, report
+    for section, needles in EXPECTED.items():
+        for needle in needles:
+            assert needle in proc.stdout, f"section {section}: no {needle!r}\n{report}"
+    assert proc.stdout.count("(QUEUED -> RUNNING,") == 2, report
+    assert proc.stdout.count("  ratio ") == 3, report
+    assert "summary" in proc.stdout, report
