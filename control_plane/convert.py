@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from control_plane.store import NodeRow, RunRow
+from statepipe._convert import json_to_value, struct_to_python, value_to_python
 from statepipe.v1 import statepipe_pb2 as pb
 
 RUN_STATUS = {
@@ -30,46 +31,16 @@ NODE_STATUS = {
 }
 
 
-def integral(value: Any) -> Any:
-    """JSON from protobuf has only doubles: give whole numbers back their int type."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [integral(v) for v in value]
-    return value
-
-
-def from_struct(message: Any) -> Any:
-    """A Struct or Value as plain JSON (ints kept as ints)."""
-    return integral(json_format.MessageToDict(message))
+def from_struct(message: struct_pb2.Struct | struct_pb2.Value) -> Any:
+    """A Struct or Value as plain JSON (whole numbers as ints)."""
+    if isinstance(message, struct_pb2.Struct):
+        return struct_to_python(message)
+    return value_to_python(message)
 
 
 def set_value(target: struct_pb2.Value, value: Any) -> None:
     if value is not None:
-        target.CopyFrom(to_value(value))
-
-
-def to_value(value: Any) -> struct_pb2.Value:
-    v = struct_pb2.Value()
-    if value is None:
-        v.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(value, bool):
-        v.bool_value = value
-    elif isinstance(value, int | float):
-        v.number_value = value
-    elif isinstance(value, str):
-        v.string_value = value
-    elif isinstance(value, dict):
-        v.struct_value.SetInParent()
-        v.struct_value.update(value)
-    elif isinstance(value, list | tuple):
-        v.list_value.SetInParent()
-        v.list_value.extend(value)
-    else:
-        v.string_value = str(value)
-    return v
+        target.CopyFrom(json_to_value(value))
 
 
 def set_time(target: timestamp_pb2.Timestamp, value: dt.datetime | None) -> None:

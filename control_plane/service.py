@@ -57,6 +57,13 @@ def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return decode
 
 
+async def _abort(err: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+    code, message = status_of(err)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", method)
+    await context.abort(code, message)
+
+
 def _unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Turns domain errors into gRPC statuses with a message a person can act on."""
 
@@ -68,10 +75,7 @@ def _unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as err:
-            code, message = status_of(err)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__name__)
-            await context.abort(code, message)
+            await _abort(err, context, method.__name__)
 
     return wrapper
 
@@ -88,10 +92,7 @@ def _stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as err:
-            code, message = status_of(err)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__name__)
-            await context.abort(code, message)
+            await _abort(err, context, method.__name__)
 
     return wrapper
 

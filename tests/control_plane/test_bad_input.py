@@ -20,6 +20,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sp_testing import py
 
 from statepipe._convert import json_to_value
 from statepipe.client import Client, StatepipeError
@@ -33,24 +34,6 @@ UNKNOWN_RUN = "run-that-does-not-exist"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def py(
-    node_id: str,
-    fn: str = "echo",
-    after: list[str] | None = None,
-    args: dict[str, Any] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    node = {
-        "id": node_id,
-        "kind": "python",
-        "params": {"callable": f"sp_nodes:{fn}", "args": args or {}},
-        **extra,
-    }
-    if after:
-        node["after"] = after
-    return node
 
 
 def proto(spec: dict[str, Any]) -> pb.WorkflowSpec:

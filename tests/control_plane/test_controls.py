@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
+from sp_testing import py, wait_for
 
 from statepipe.client import Client, StatepipeError
-
-
-def py(node_id: str, fn: str, after: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    args = extra.pop("args", {})
-    node = {
-        "id": node_id,
-        "kind": "python",
-        "params": {"callable": f"sp_nodes:{fn}", "args": args},
-        **extra,
-    }
-    if after:
-        node["after"] = after
-    return node
-
-
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 def runs_of(marker_dir: Path, node_id: str) -> int:

@@ -13,27 +13,9 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sp_testing import py, wait_for
 
 from statepipe.client import Client
-
-
-def py(node_id: str, fn: str, after: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    args = extra.pop("args", {})
-    params = {"callable": f"sp_nodes:{fn}", "args": args, **extra.pop("params", {})}
-    node = {"id": node_id, "kind": "python", "params": params, **extra}
-    if after:
-        node["after"] = after
-    return node
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 def test_a_sync_node_in_a_worker_process(client: Client) -> None:

@@ -19,25 +19,24 @@ from statepipe.client import Client
 class ServerProcess:
     """`python -m statepipe server` as a child process on port 0."""
 
-    def __init__(self, database_url: str, home: Path) -> None:
+    def __init__(self, database_url: str | None, home: Path) -> None:
         env = dict(os.environ, STATEPIPE_HOME=str(home))
+        args = [
+            sys.executable,
+            "-m",
+            "statepipe",
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warning",
+        ]
+        if database_url:
+            args += ["--database-url", database_url]
+        else:
+            env.pop("STATEPIPE_DATABASE_URL", None)
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "statepipe",
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                database_url,
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -149,37 +148,21 @@ def test_sigterm_is_graceful_and_runs_continue_after_restart(
 
 
 def test_the_server_runs_on_embedded_postgres_under_statepipe_home(
-    tmp_path: Path, processes: list[ServerProcess], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, processes: list[ServerProcess]
 ) -> None:
-    monkeypatch.delenv("STATEPIPE_DATABASE_URL", raising=False)
     home = tmp_path / "home"
-    env = dict(os.environ, STATEPIPE_HOME=str(home))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "statepipe", "server", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert "listening on" in line, proc.stderr.read()  # type: ignore[union-attr]
-        address = line.rsplit(" ", 1)[1].strip()
-        with Client(address) as client:
-            run = client.wait(
-                client.start_run(
-                    {
-                        "name": "embedded",
-                        "nodes": [{"id": "n", "kind": "noop", "params": {"value": 1}}],
-                    }
-                ),
-                timeout=30,
-            )
-            assert run.status == "SUCCEEDED" and run.output == {"n": 1}
-        assert (home / "postgres" / "PG_VERSION").exists()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+    server = ServerProcess(None, home)
+    processes.append(server)
+    with Client(server.address) as client:
+        run = client.wait(
+            client.start_run(
+                {"name": "embedded", "nodes": [{"id": "n", "kind": "noop", "params": {"value": 1}}]}
+            ),
+            timeout=30,
+        )
+        assert run.status == "SUCCEEDED" and run.output == {"n": 1}
+    assert (home / "postgres" / "PG_VERSION").exists()
+    assert server.terminate() == 0
     # The private Postgres stops with its last user.
     deadline = time.monotonic() + 10
     while (home / "postgres" / "postmaster.pid").exists() and time.monotonic() < deadline:

@@ -9,21 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
+from sp_testing import py
 
 from statepipe.client import Client, StatepipeError
-
-
-def py(node_id: str, fn: str, after: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    args = extra.pop("args", {})
-    node = {
-        "id": node_id,
-        "kind": "python",
-        "params": {"callable": f"sp_nodes:{fn}", "args": args},
-        **extra,
-    }
-    if after:
-        node["after"] = after
-    return node
 
 
 def test_a_run_executes_in_dependency_order_and_is_persisted(client: Client) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from sp_testing import py, wait_for
 
 from statepipe import AsyncClient, Client, Event, NodeState, Run, SpecError, StatepipeError
 from statepipe.client import CHANNEL_OPTIONS, Stream, Workflow
@@ -36,29 +37,6 @@ EVENT_KEYS = "run_id seq ts kind node_id attempt status message level data".spli
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 RunUpdate = tuple[Run, bool]
-
-
-def py(node_id: str, fn: str, after: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    args = extra.pop("args", {})
-    node = {
-        "id": node_id,
-        "kind": "python",
-        "params": {"callable": f"sp_nodes:{fn}", "args": args},
-        **extra,
-    }
-    if after:
-        node["after"] = after
-    return node
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 def committed(client: Client, run_id: str, status: str, node_counts: dict[str, int]) -> None:
