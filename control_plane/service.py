@@ -97,6 +97,40 @@ def _stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
     return wrapper
 
 
+def _event_batches(bodies: list[bytes], limit: int = 1 << 20) -> list[bytes]:
+    """Encoded EventBatch messages holding `bodies` (encoded Events), each under ~`limit`.
+
+    A repeated message field is its elements' bytes, each behind a tag and a
+    length: the batch is built by concatenation, nothing is re-encoded.
+    """
+    chunks: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0
+    for body in bodies:
+        head = _EVENTS_TAG + _varint(len(body))
+        if parts and size + len(head) + len(body) > limit:
+            chunks.append(b"".join(parts))
+            parts, size = [], 0
+        parts.append(head)
+        parts.append(body)
+        size += len(head) + len(body)
+    if parts:
+        chunks.append(b"".join(parts))
+    return chunks
+
+
+_EVENTS_TAG = bytes([(1 << 3) | 2])  # field 1 (events), wire type 2 (length-delimited)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def _python(value: Any, present: bool) -> Any:
     return from_struct(value) if present else None
 
@@ -318,26 +352,31 @@ class Servicer(pb_grpc.StatePipeServicer):
     async def WatchRun(self, request: pb.WatchRunRequest, context: Any) -> AsyncIterator[bytes]:
         """Replays from Postgres, then follows the live bus: no gap, no duplicate.
 
-        Yields encoded events (the servicer's serializer passes bytes through).
+        Yields encoded EventBatch messages built from the stored event bytes
+        without decoding them (the servicer's serializer passes bytes through).
         """
+        async for events in self._watch_run(request):
+            for chunk in _event_batches(events):
+                yield chunk
+
+    async def _watch_run(self, request: pb.WatchRunRequest) -> AsyncIterator[list[bytes]]:
         run_id = _require_run_id(request.run_id)
-        run = await self.store.get_run(run_id)
-        if run is None:
+        if await self.store.get_run(run_id) is None:
             raise NotFound(f"run {run_id!r} not found")
         if request.after_seq < 0:
             raise InvalidArgument("after_seq must not be negative")
         kinds = set(request.kinds)
         last = request.after_seq
 
-        async def replay() -> AsyncIterator[bytes]:
+        async def replay() -> AsyncIterator[list[bytes]]:
             nonlocal last
             while True:
                 rows = await self.store.list_events(
                     run_id, after_seq=last, limit=REPLAY_PAGE, kinds=list(kinds)
                 )
-                for seq, body in rows:
-                    last = seq
-                    yield body
+                if rows:
+                    last = rows[-1][0]
+                    yield [body for _, body in rows]
                 if len(rows) < REPLAY_PAGE:
                     return
 
@@ -352,47 +391,40 @@ class Servicer(pb_grpc.StatePipeServicer):
         while True:
             if not request.follow_forever and await is_final():
                 # Nothing more will be published: no live topic needed.
-                async for body in replay():
-                    yield body
+                async for bodies in replay():
+                    yield bodies
                 return
             # Subscribe before replaying, so nothing published meanwhile is missed.
             sub = self.bus.subscribe(run_id, last)
-            async for body in replay():
-                yield body
-            if await is_final() and not request.follow_forever:
-                async for body in replay():
-                    yield body
-                return
+            async for bodies in replay():
+                yield bodies
             sub.seek(last)
             while True:
                 try:
                     batch = await asyncio.wait_for(sub.next_batch(), IDLE_RECHECK_S)
                 except TimeoutError:
-                    if await is_final() and not request.follow_forever:
+                    if not request.follow_forever and await is_final():
                         break
                     continue
                 except core_rs.Lagged:
-                    async for body in replay():
-                        yield body
+                    async for bodies in replay():
+                        yield bodies
                     sub.seek(last)
                     continue
                 if batch is None:  # the topic closed: the run finished
                     break
-                for seq, body in batch:
-                    if seq <= last:
-                        continue
-                    if seq > last + 1 and not kinds:
-                        # The ring moved past us between reads: fill from Postgres.
-                        async for older in replay():
-                            yield older
-                        if seq <= last:
-                            continue
-                    last = seq
-                    if kinds and pb.Event.FromString(body).kind not in kinds:
-                        continue
-                    yield body
-            async for body in replay():
-                yield body
+                fresh = [(seq, body) for seq, body in batch if seq > last]
+                if not fresh:
+                    continue
+                last = fresh[-1][0]
+                if kinds:
+                    bodies = [b for _, b in fresh if pb.Event.FromString(b).kind in kinds]
+                else:
+                    bodies = [b for _, b in fresh]
+                if bodies:
+                    yield bodies
+            async for bodies in replay():
+                yield bodies
             if not request.follow_forever and await is_final():
                 return
 

@@ -17,6 +17,7 @@ Every failed call raises :class:`StatepipeError`, with the gRPC status code::
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as _dt
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -445,12 +446,24 @@ class Workflow(_Wrapper[pb.Workflow]):
 # ------------------------------------------------------------------- streams
 
 
+def _batch_events(batch: pb.EventBatch) -> Iterable[pb.Event]:
+    return batch.events
+
+
 class Stream(Iterator[T]):
     """An iterator over a server stream. Closing it (or leaving a ``with``) cancels the call."""
 
-    def __init__(self, call: Any, convert: Callable[[Any], T], address: str) -> None:
+    def __init__(
+        self,
+        call: Any,
+        convert: Callable[[Any], T],
+        address: str,
+        expand: Callable[[Any], Iterable[Any]] | None = None,
+    ) -> None:
         self._call = call
         self._convert = convert
+        self._expand = expand
+        self._pending: collections.deque[Any] = collections.deque()
         self._address = address
         self._closed = False
 
@@ -458,17 +471,24 @@ class Stream(Iterator[T]):
         return self
 
     def __next__(self) -> T:
-        try:
-            item = next(self._call)
-        except grpc.RpcError as err:
-            if self._closed and _code(err) is grpc.StatusCode.CANCELLED:
-                raise StopIteration from None
-            raise _wrap(err, self._address) from err
-        return self._convert(item)
+        if self._closed:
+            raise StopIteration
+        while not self._pending:
+            try:
+                item = next(self._call)
+            except grpc.RpcError as err:
+                if self._closed and _code(err) is grpc.StatusCode.CANCELLED:
+                    raise StopIteration from None
+                raise _wrap(err, self._address) from err
+            if self._expand is None:
+                return self._convert(item)
+            self._pending.extend(self._expand(item))
+        return self._convert(self._pending.popleft())
 
     def close(self) -> None:
         """Cancels the call; iteration then stops."""
         self._closed = True
+        self._pending.clear()
         self._call.cancel()
 
     def __enter__(self) -> Stream[T]:
@@ -487,9 +507,17 @@ class Stream(Iterator[T]):
 class AsyncStream(AsyncIterator[T]):
     """An async iterator over a server stream. ``aclose()`` (or ``async with``) cancels it."""
 
-    def __init__(self, call: Any, convert: Callable[[Any], T], address: str) -> None:
+    def __init__(
+        self,
+        call: Any,
+        convert: Callable[[Any], T],
+        address: str,
+        expand: Callable[[Any], Iterable[Any]] | None = None,
+    ) -> None:
         self._call = call
         self._convert = convert
+        self._expand = expand
+        self._pending: collections.deque[Any] = collections.deque()
         self._address = address
         self._closed = False
 
@@ -499,23 +527,28 @@ class AsyncStream(AsyncIterator[T]):
     async def __anext__(self) -> T:
         if self._closed:
             raise StopAsyncIteration
-        try:
-            item = await self._call.read()
-        except asyncio.CancelledError:
-            if self._closed:
-                raise StopAsyncIteration from None
-            raise
-        except grpc.RpcError as err:
-            if self._closed and _code(err) is grpc.StatusCode.CANCELLED:
-                raise StopAsyncIteration from None
-            raise _wrap(err, self._address) from err
-        if item is grpc.aio.EOF:
-            raise StopAsyncIteration
-        return self._convert(item)
+        while not self._pending:
+            try:
+                item = await self._call.read()
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                raise
+            except grpc.RpcError as err:
+                if self._closed and _code(err) is grpc.StatusCode.CANCELLED:
+                    raise StopAsyncIteration from None
+                raise _wrap(err, self._address) from err
+            if item is grpc.aio.EOF:
+                raise StopAsyncIteration
+            if self._expand is None:
+                return self._convert(item)
+            self._pending.extend(self._expand(item))
+        return self._convert(self._pending.popleft())
 
     def close(self) -> None:
         """Cancels the call; iteration then stops."""
         self._closed = True
+        self._pending.clear()
         self._call.cancel()
 
     async def aclose(self) -> None:
@@ -730,10 +763,15 @@ class Client:
             raise _wrap(err, self.address) from err
 
     def _stream(
-        self, method: str, request: Any, convert: Callable[[Any], T], timeout: float | None = None
+        self,
+        method: str,
+        request: Any,
+        convert: Callable[[Any], T],
+        timeout: float | None = None,
+        expand: Callable[[Any], Iterable[Any]] | None = None,
     ) -> Stream[T]:
         call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
-        return Stream(call, convert, self.address)
+        return Stream(call, convert, self.address, expand)
 
     # workflows
 
@@ -988,7 +1026,7 @@ class Client:
             :class:`StatepipeError`.
         """
         request = _watch_request(run_id, after_seq, kinds, follow_forever)
-        return self._stream("WatchRun", request, Event)
+        return self._stream("WatchRun", request, Event, expand=_batch_events)
 
     def list_events(
         self,
@@ -1067,6 +1105,7 @@ class Client:
                 "WatchRun",
                 _watch_request(run_id, after, ["run_status"], True),
                 Event,
+                expand=_batch_events,
                 timeout=remaining,
             )
             try:
@@ -1166,10 +1205,15 @@ class AsyncClient:
             raise _wrap(err, self.address) from err
 
     def _stream(
-        self, method: str, request: Any, convert: Callable[[Any], T], timeout: float | None = None
+        self,
+        method: str,
+        request: Any,
+        convert: Callable[[Any], T],
+        timeout: float | None = None,
+        expand: Callable[[Any], Iterable[Any]] | None = None,
     ) -> AsyncStream[T]:
         call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
-        return AsyncStream(call, convert, self.address)
+        return AsyncStream(call, convert, self.address, expand)
 
     # workflows
 
@@ -1320,7 +1364,7 @@ class AsyncClient:
     ) -> AsyncStream[Event]:
         """See :meth:`Client.watch`; use ``async for`` (and ``aclose()`` to stop early)."""
         request = _watch_request(run_id, after_seq, kinds, follow_forever)
-        return self._stream("WatchRun", request, Event)
+        return self._stream("WatchRun", request, Event, expand=_batch_events)
 
     async def list_events(
         self,
@@ -1367,6 +1411,7 @@ class AsyncClient:
                 "WatchRun",
                 _watch_request(run_id, after, ["run_status"], True),
                 Event,
+                expand=_batch_events,
                 timeout=remaining,
             )
             try:

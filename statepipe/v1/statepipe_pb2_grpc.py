@@ -92,7 +92,7 @@ class StatePipeStub:
         self.WatchRun = channel.unary_stream(
                 '/statepipe.v1.StatePipe/WatchRun',
                 request_serializer=statepipe_dot_v1_dot_statepipe__pb2.WatchRunRequest.SerializeToString,
-                response_deserializer=statepipe_dot_v1_dot_statepipe__pb2.Event.FromString,
+                response_deserializer=statepipe_dot_v1_dot_statepipe__pb2.EventBatch.FromString,
                 _registered_method=True)
         self.ListEvents = channel.unary_unary(
                 '/statepipe.v1.StatePipe/ListEvents',
@@ -176,7 +176,8 @@ class StatePipeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Replays from after_seq, then follows live: no gap, no duplicate.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -254,7 +255,7 @@ def add_StatePipeServicer_to_server(servicer, server):
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
                     request_deserializer=statepipe_dot_v1_dot_statepipe__pb2.WatchRunRequest.FromString,
-                    response_serializer=statepipe_dot_v1_dot_statepipe__pb2.Event.SerializeToString,
+                    response_serializer=statepipe_dot_v1_dot_statepipe__pb2.EventBatch.SerializeToString,
             ),
             'ListEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEvents,
@@ -590,7 +591,7 @@ class StatePipe:
             target,
             '/statepipe.v1.StatePipe/WatchRun',
             statepipe_dot_v1_dot_statepipe__pb2.WatchRunRequest.SerializeToString,
-            statepipe_dot_v1_dot_statepipe__pb2.Event.FromString,
+            statepipe_dot_v1_dot_statepipe__pb2.EventBatch.FromString,
             options,
             channel_credentials,
             insecure,
