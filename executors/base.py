@@ -7,6 +7,7 @@ an `EventSink` the control plane provides.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -55,6 +56,10 @@ class NodeContext:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._cancelled = threading.Event()
+        # Events from worker threads wait here; one loop callback drains a burst.
+        self._outbox: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._outbox_lock = threading.Lock()
+        self._drain_scheduled = False
         self.usage: dict[str, float] = {}
 
     # -- cancellation
@@ -118,8 +123,23 @@ class NodeContext:
     def _send(self, kind: str, fields: dict[str, Any]) -> None:
         if threading.get_ident() == self._loop_thread:
             self._sink(kind, fields)
-        else:
-            self._loop.call_soon_threadsafe(self._sink, kind, fields)
+            return
+        with self._outbox_lock:
+            self._outbox.append((kind, fields))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        # One wake-up per burst, not per token. It is queued before the node's
+        # result is, so every event lands before the node's final status.
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._outbox_lock:
+            events = list(self._outbox)
+            self._outbox.clear()
+            self._drain_scheduled = False
+        for kind, fields in events:
+            self._sink(kind, fields)
 
 
 class Runner(Protocol):
