@@ -17,6 +17,8 @@ import logging
 import time
 from typing import Any
 
+from google.protobuf import struct_pb2
+
 import core_rs
 from control_plane.convert import run_to_proto
 from control_plane.store import Batch, EventRow, NodeRow, RunRow, Store, now
@@ -25,6 +27,18 @@ from statepipe.v1 import statepipe_pb2 as pb
 log = logging.getLogger(__name__)
 
 RUNS_TOPIC = "runs"  # run summaries, for WatchRuns
+BUSY_BATCH_EVENTS = 500  # a batch this large means events are pouring in
+MAX_PAUSE_S = 0.02
+
+
+def _struct_bytes(data: dict[str, Any]) -> bytes:
+    struct = struct_pb2.Struct()
+    try:
+        struct.update(data)
+    except (ValueError, TypeError) as err:
+        struct.Clear()
+        struct.update({"unserializable": repr(data)[:1000], "error": str(err)})
+    return struct.SerializeToString()
 
 
 class EventPipeline:
@@ -92,30 +106,20 @@ class EventPipeline:
     ) -> int:
         seq = self._seqs[run_id] + 1
         self._seqs[run_id] = seq
-        if ts is None:
-            # The hot path (tokens): Timestamp.FromDatetime costs more than the rest.
-            ns = time.time_ns()
-            ts = dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
-        else:
-            ns = int(ts.timestamp() * 1e6) * 1000
-        event = pb.Event(
-            run_id=run_id,
-            seq=seq,
-            kind=kind,
-            node_id=node_id,
-            attempt=attempt,
-            status=status,
-            message=message,
-            level=level,
+        ns = time.time_ns() if ts is None else int(ts.timestamp() * 1e6) * 1000
+        body, copy_row = core_rs.encode_event(
+            run_id,
+            seq,
+            ns,
+            kind,
+            node_id,
+            attempt,
+            status,
+            message,
+            level,
+            _struct_bytes(data) if data else None,
         )
-        event.ts.seconds, event.ts.nanos = divmod(ns, 1_000_000_000)
-        if data:
-            try:
-                event.data.update(data)
-            except (ValueError, TypeError) as err:
-                event.data.update({"unserializable": repr(data)[:1000], "error": str(err)})
-        body = event.SerializeToString()
-        self._batch.events.append(EventRow(run_id, seq, ts, kind, node_id, body))
+        self._batch.events.append(EventRow(run_id, seq, copy_row))
         self._to_publish.append((run_id, body))
         self._kick()
         return seq
@@ -157,11 +161,13 @@ class EventPipeline:
     # ---------------------------------------------------------------- writer
 
     async def _run(self) -> None:
+        pause = self.flush_interval
         while True:
             await self._wake.wait()
             if len(self._batch.events) < self.max_batch_events and not self._stopping:
-                # Let a burst accumulate: one transaction per few milliseconds.
-                await asyncio.sleep(self.flush_interval)
+                # Let a burst accumulate: one transaction per few milliseconds,
+                # a little longer while events pour in (fewer, larger commits).
+                await asyncio.sleep(pause)
             self._wake.clear()
             batch, self._batch = self._batch, Batch()
             publish, self._to_publish = self._to_publish, []
@@ -169,6 +175,8 @@ class EventPipeline:
             waiters, self._waiters = self._waiters, []
             if batch:
                 await self._commit(batch)
+            busy = len(batch.events) >= BUSY_BATCH_EVENTS
+            pause = min(pause * 2, MAX_PAUSE_S) if busy else self.flush_interval
             self._publish(batch, publish, closing)
             for waiter in waiters:
                 if not waiter.done():

@@ -551,7 +551,12 @@ class RunActor:
                     result = await self.scheduler.executor.run(task, ctx)
             except TimeoutError:
                 ctx.cancel()
+                ctx.flush()
                 raise _NodeFailure(f"timed out after {spec.timeout_ms} ms", retry=True) from None
+            except Exception:
+                ctx.flush()
+                raise
+            ctx.flush()
             output = json_safe(result, f"the output of node {node_id!r}")
             node.output = output
             node.usage = dict(ctx.usage) or node.usage

@@ -80,10 +80,8 @@ class NodeRow:
 class EventRow:
     run_id: str
     seq: int
-    ts: dt.datetime
-    kind: str
-    node_id: str
-    body: bytes
+    # The row for COPY events (run_id, seq, ts, kind, node_id, body), text format.
+    copy_row: bytes
 
 
 RUN_COLUMNS = [f.name for f in dataclasses.fields(RunRow)]
@@ -403,8 +401,8 @@ class Store:
                 async with cur.copy(
                     "COPY events (run_id, seq, ts, kind, node_id, body) FROM STDIN"
                 ) as copy:
-                    for e in batch.events:
-                        await copy.write_row((e.run_id, e.seq, e.ts, e.kind, e.node_id, e.body))
+                    # Rows were encoded when the events were emitted: one write.
+                    await copy.write(b"".join(e.copy_row for e in batch.events))
             if batch.nodes:
                 sets = ", ".join(f"{c} = %s" for c in _NODE_MUTABLE)
                 await cur.executemany(

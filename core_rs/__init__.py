@@ -17,6 +17,7 @@ from core_rs._core import (
     FrontierError,
     Lagged,
     UnknownNodeError,
+    encode_event,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "Lagged",
     "Subscription",
     "UnknownNodeError",
+    "encode_event",
 ]

@@ -4,6 +4,30 @@ from collections.abc import Iterable, Mapping, Sequence
 
 DEFAULT_CAPACITY: int
 
+def encode_event(
+    run_id: str,
+    seq: int,
+    ts_ns: int,
+    kind: str,
+    node_id: str = "",
+    attempt: int = 0,
+    status: str = "",
+    message: str = "",
+    level: str = "",
+    data: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    """Encodes an event once for both of its destinations.
+
+    Args:
+        ts_ns: Unix time in nanoseconds.
+        data: An encoded ``google.protobuf.Struct``, or None.
+
+    Returns:
+        ``(body, copy_row)``: the ``statepipe.v1.Event`` protobuf bytes (what
+        protobuf itself would write), and one text-format row for
+        ``COPY events (run_id, seq, ts, kind, node_id, body)``.
+    """
+
 class DagError(Exception):
     """A graph is not a valid DAG."""
 

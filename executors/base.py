@@ -17,6 +17,9 @@ from typing import Any, Protocol
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
+DRAIN_SLICE = 2000  # events from worker threads handled per event-loop callback
+
+
 class NodeError(Exception):
     """A node failed in a way worth a clear one-line error (not a traceback)."""
 
@@ -129,17 +132,30 @@ class NodeContext:
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
-        # One wake-up per burst, not per token. It is queued before the node's
-        # result is, so every event lands before the node's final status.
+        # One wake-up per burst, not per token. The scheduler calls flush()
+        # when the node returns, so every event lands before its final status.
         self._loop.call_soon_threadsafe(self._drain)
 
-    def _drain(self) -> None:
+    def flush(self) -> None:
+        """Delivers every event still waiting from worker threads (on the loop)."""
         with self._outbox_lock:
             events = list(self._outbox)
             self._outbox.clear()
-            self._drain_scheduled = False
         for kind, fields in events:
             self._sink(kind, fields)
+
+    def _drain(self) -> None:
+        # A bounded slice per callback, so a flood from one node cannot hold
+        # the event loop (and the batch writer) for long.
+        with self._outbox_lock:
+            count = min(len(self._outbox), DRAIN_SLICE)
+            events = [self._outbox.popleft() for _ in range(count)]
+            more = bool(self._outbox)
+            self._drain_scheduled = more
+        for kind, fields in events:
+            self._sink(kind, fields)
+        if more:
+            self._loop.call_soon(self._drain)
 
 
 class Runner(Protocol):

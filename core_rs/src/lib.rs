@@ -5,11 +5,13 @@
 //! - [`dag`]: validation, topological order, levels, ancestry;
 //! - [`frontier`]: the scheduler's ready-set, rebuilt from stored statuses;
 //! - [`bus`]: the per-topic ring buffers that fan events out to subscribers;
+//! - [`event`]: one encoding of an event for watchers and for PostgreSQL's COPY;
 //! - [`python`]: the PyO3 boundary (errors become Python exceptions only there).
 
 mod address;
 pub mod bus;
 pub mod dag;
+pub mod event;
 pub mod frontier;
 mod intern;
 mod minqueue;

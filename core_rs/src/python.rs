@@ -14,6 +14,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use crate::address::AddressIndex;
 use crate::bus::{self, Bus, Poll, Subscription, Wake};
 use crate::dag::{Dag, DagBuilder, DagError, NodeIx};
+use crate::event;
 use crate::frontier::{Frontier, FrontierError, NodeStatus};
 use crate::notify::Notifier;
 
@@ -625,8 +626,47 @@ impl PyNotifier {
     }
 }
 
+/// Encodes an event once for both of its destinations: returns
+/// `(body, copy_row)`, the `statepipe.v1.Event` protobuf bytes and the row
+/// for `COPY events (run_id, seq, ts, kind, node_id, body)` in text format.
+#[pyfunction]
+#[pyo3(signature = (run_id, seq, ts_ns, kind, node_id="", attempt=0, status="", message="", level="", data=None))]
+#[allow(clippy::too_many_arguments)]
+fn encode_event<'py>(
+    py: Python<'py>,
+    run_id: &str,
+    seq: i64,
+    ts_ns: i64,
+    kind: &str,
+    node_id: &str,
+    attempt: i32,
+    status: &str,
+    message: &str,
+    level: &str,
+    data: Option<&[u8]>,
+) -> (Bound<'py, PyBytes>, Bound<'py, PyBytes>) {
+    let fields = event::EventFields {
+        run_id,
+        seq,
+        ts_ns,
+        kind,
+        node_id,
+        attempt,
+        status,
+        message,
+        level,
+        data: data.unwrap_or_default(),
+    };
+    let mut body = Vec::with_capacity(64 + message.len() + fields.data.len());
+    event::encode(&fields, &mut body);
+    let mut row = Vec::with_capacity(96 + 2 * body.len());
+    event::copy_row(&fields, &body, &mut row);
+    (PyBytes::new(py, &body), PyBytes::new(py, &row))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    m.add_function(wrap_pyfunction!(encode_event, m)?)?;
     m.add_class::<PyDag>()?;
     m.add_class::<PyFrontier>()?;
     m.add_class::<PyEventBus>()?;

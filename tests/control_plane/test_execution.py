@@ -159,7 +159,7 @@ QUERIES = {
     "replay a node": (
         "SELECT seq, body FROM events WHERE run_id = 'x' AND seq > 0 "
         "AND node_id = 'n' ORDER BY seq LIMIT 100",
-        "events_",
+        "events_pkey",
     ),
     "expired leases": (
         "SELECT run_id FROM runs WHERE status = ANY(ARRAY['PENDING','RUNNING']) "
