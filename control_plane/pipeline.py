@@ -59,6 +59,8 @@ class EventPipeline:
         self._to_close: list[tuple[str, int]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._seqs: dict[str, int] = {}
+        # Open WatchRuns streams; run summaries are only built while there are some.
+        self.summary_watchers = 0
         self._generation: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -204,16 +206,19 @@ class EventPipeline:
         publish_event = self.bus.publish
         for run_id, body in publish:
             publish_event(run_id, body)
-        summaries = [run for run, _ in batch.new_runs] + list(batch.runs.values())
-        last_seqs: dict[str, int] = {}
-        for event in batch.events:
-            last_seqs[event.run_id] = max(last_seqs.get(event.run_id, 0), event.seq)
-        for run in summaries:
-            run.last_seq = max(run.last_seq, last_seqs.get(run.run_id, 0))
-            update = pb.RunSummaryUpdate(run=run_to_proto(run))
-            publish_event(RUNS_TOPIC, update.SerializeToString())
         for run_id, generation in closing:
             if self._generation.get(run_id, 0) == generation:
                 self.bus.close(run_id)
                 self._seqs.pop(run_id, None)
                 self._generation.pop(run_id, None)
+        if self.summary_watchers:  # build run summaries only for WatchRuns followers
+            self._publish_summaries(batch)
+
+    def _publish_summaries(self, batch: Batch) -> None:
+        last_seqs: dict[str, int] = {}
+        for event in batch.events:
+            last_seqs[event.run_id] = max(last_seqs.get(event.run_id, 0), event.seq)
+        for run in [run for run, _ in batch.new_runs] + list(batch.runs.values()):
+            run.last_seq = max(run.last_seq, last_seqs.get(run.run_id, 0))
+            update = pb.RunSummaryUpdate(run=run_to_proto(run))
+            self.bus.publish(RUNS_TOPIC, update.SerializeToString())

@@ -433,6 +433,16 @@ class Servicer(pb_grpc.StatePipeServicer):
         self, request: pb.WatchRunsRequest, context: Any
     ) -> AsyncIterator[pb.RunSummaryUpdate]:
         statuses = set(request.statuses)
+        self.pipeline.summary_watchers += 1
+        try:
+            async for update in self._watch_runs(request, statuses):
+                yield update
+        finally:
+            self.pipeline.summary_watchers -= 1
+
+    async def _watch_runs(
+        self, request: pb.WatchRunsRequest, statuses: set[int]
+    ) -> AsyncIterator[pb.RunSummaryUpdate]:
         sub = self.bus.subscribe(RUNS_TOPIC, self.bus.last_seq(RUNS_TOPIC) or 0)
         size = request.snapshot_size or 100
         flt = RunFilter(
