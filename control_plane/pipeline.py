@@ -109,7 +109,7 @@ class EventPipeline:
         seq = self._seqs[run_id] + 1
         self._seqs[run_id] = seq
         ns = time.time_ns() if ts is None else int(ts.timestamp() * 1e6) * 1000
-        body, copy_row = core_rs.encode_event(
+        frame, copy_row = core_rs.encode_event(
             run_id,
             seq,
             ns,
@@ -122,7 +122,7 @@ class EventPipeline:
             _struct_bytes(data) if data else None,
         )
         self._batch.events.append(EventRow(run_id, seq, copy_row))
-        self._to_publish.append((run_id, body))
+        self._to_publish.append((run_id, frame))
         self._kick()
         return seq
 

@@ -97,38 +97,33 @@ def _stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
     return wrapper
 
 
-def _event_batches(bodies: list[bytes], limit: int = 1 << 20) -> list[bytes]:
-    """Encoded EventBatch messages holding `bodies` (encoded Events), each under ~`limit`.
+def _event_batches(frames: list[bytes], limit: int = 1 << 20) -> list[bytes]:
+    """Encoded EventBatch messages holding `frames`, each under about `limit` bytes.
 
-    A repeated message field is its elements' bytes, each behind a tag and a
-    length: the batch is built by concatenation, nothing is re-encoded.
+    A frame is one encoded Event behind EventBatch's field tag and its length
+    (see core_rs.encode_event), so a batch is a concatenation: no re-encoding.
     """
     chunks: list[bytes] = []
-    parts: list[bytes] = []
-    size = 0
-    for body in bodies:
-        head = _EVENTS_TAG + _varint(len(body))
-        if parts and size + len(head) + len(body) > limit:
-            chunks.append(b"".join(parts))
-            parts, size = [], 0
-        parts.append(head)
-        parts.append(body)
-        size += len(head) + len(body)
-    if parts:
-        chunks.append(b"".join(parts))
+    start = size = 0
+    for i, frame in enumerate(frames):
+        if size and size + len(frame) > limit:
+            chunks.append(b"".join(frames[start:i]))
+            start, size = i, 0
+        size += len(frame)
+    chunks.append(b"".join(frames[start:]))
     return chunks
 
 
-_EVENTS_TAG = bytes([(1 << 3) | 2])  # field 1 (events), wire type 2 (length-delimited)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
+def _frame(body: bytes) -> bytes:
+    """A stored Event's bytes framed as one element of EventBatch.events:
+    field 1's tag (length-delimited), the length as a varint, the bytes."""
+    n = len(body)
+    head = bytearray(b"\x0a")
     while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
+        head.append((n & 0x7F) | 0x80)
         n >>= 7
-    out.append(n)
-    return bytes(out)
+    head.append(n)
+    return bytes(head) + body
 
 
 def _python(value: Any, present: bool) -> Any:
@@ -369,16 +364,22 @@ class Servicer(pb_grpc.StatePipeServicer):
         last = request.after_seq
 
         async def replay() -> AsyncIterator[list[bytes]]:
+            """Stored events after `last`, up to the last committed seq, by seq range."""
             nonlocal last
-            while True:
+            current = await self.store.get_run(run_id)
+            target = current.last_seq if current is not None else last
+            while last < target:
+                upper = min(last + REPLAY_PAGE, target)
                 rows = await self.store.list_events(
-                    run_id, after_seq=last, limit=REPLAY_PAGE, kinds=list(kinds)
+                    run_id,
+                    after_seq=last,
+                    up_to_seq=upper,
+                    limit=REPLAY_PAGE,
+                    kinds=list(kinds),
                 )
+                last = upper
                 if rows:
-                    last = rows[-1][0]
-                    yield [body for _, body in rows]
-                if len(rows) < REPLAY_PAGE:
-                    return
+                    yield [_frame(body) for _, body in rows]
 
         async def is_final() -> bool:
             current = await self.store.get_run(run_id)
@@ -418,7 +419,9 @@ class Servicer(pb_grpc.StatePipeServicer):
                     continue
                 last = fresh[-1][0]
                 if kinds:
-                    bodies = [b for _, b in fresh if pb.Event.FromString(b).kind in kinds]
+                    bodies = [
+                        b for _, b in fresh if pb.EventBatch.FromString(b).events[0].kind in kinds
+                    ]
                 else:
                     bodies = [b for _, b in fresh]
                 if bodies:

@@ -349,10 +349,20 @@ class Store:
         limit: int = 1000,
         kinds: Sequence[str] = (),
         node_id: str = "",
+        up_to_seq: int | None = None,
     ) -> list[tuple[int, bytes]]:
-        """Encoded events of a run after a seq, in seq order."""
+        """Encoded events of a run after a seq (and up to one), in seq order.
+
+        Seqs have no gaps, so without filters the page is bounded by seq range
+        too: the scan stays on the page even before Postgres has statistics.
+        """
+        if up_to_seq is None and not kinds and not node_id:
+            up_to_seq = after_seq + limit
         where = ["run_id = %s", "seq > %s"]
         args: list[Any] = [run_id, after_seq]
+        if up_to_seq is not None:
+            where.append("seq <= %s")
+            args.append(up_to_seq)
         if kinds:
             where.append("kind = ANY(%s)")
             args.append(list(kinds))

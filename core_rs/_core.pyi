@@ -23,8 +23,10 @@ def encode_event(
         data: An encoded ``google.protobuf.Struct``, or None.
 
     Returns:
-        ``(body, copy_row)``: the ``statepipe.v1.Event`` protobuf bytes (what
-        protobuf itself would write), and one text-format row for
+        ``(frame, copy_row)``: the ``statepipe.v1.Event`` protobuf bytes (what
+        protobuf itself would write) framed as one element of
+        ``EventBatch.events``, so that concatenated frames are an EventBatch;
+        and one text-format row for
         ``COPY events (run_id, seq, ts, kind, node_id, body)``.
     """
 

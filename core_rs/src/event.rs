@@ -65,6 +65,15 @@ pub fn encode(event: &EventFields<'_>, out: &mut Vec<u8>) {
     bytes_field(out, 10, event.data);
 }
 
+/// Appends `body` (an encoded Event) framed as one element of
+/// `EventBatch.events` (field 1): concatenated frames are an EventBatch.
+pub fn frame(body: &[u8], out: &mut Vec<u8>) {
+    bytes_field(out, 1, body);
+    if body.is_empty() {
+        out.extend_from_slice(&[0x0a, 0]); // an empty event is still an element
+    }
+}
+
 /// Text for one COPY text-format column, with its special characters escaped.
 /// PostgreSQL text cannot hold NUL: it becomes U+FFFD (the body keeps it).
 fn copy_text(out: &mut Vec<u8>, value: &str) {
@@ -170,6 +179,14 @@ mod tests {
         expected.extend([0x22, 5, b't', b'o', b'k', b'e', b'n', 0x2a, 1, b'n', 0x30, 1]);
         expected.extend([0x42, 2, b'h', b'i']);
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn frames_are_batch_elements() {
+        let mut out = Vec::new();
+        frame(b"abc", &mut out);
+        frame(b"", &mut out);
+        assert_eq!(out, [0x0a, 3, b'a', b'b', b'c', 0x0a, 0]);
     }
 
     #[test]

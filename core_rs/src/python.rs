@@ -627,8 +627,9 @@ impl PyNotifier {
 }
 
 /// Encodes an event once for both of its destinations: returns
-/// `(body, copy_row)`, the `statepipe.v1.Event` protobuf bytes and the row
-/// for `COPY events (run_id, seq, ts, kind, node_id, body)` in text format.
+/// `(frame, copy_row)`: the `statepipe.v1.Event` framed as one element of
+/// `EventBatch.events` (so batches for watchers are concatenations), and the
+/// row for `COPY events (run_id, seq, ts, kind, node_id, body)` in text format.
 #[pyfunction]
 #[pyo3(signature = (run_id, seq, ts_ns, kind, node_id="", attempt=0, status="", message="", level="", data=None))]
 #[allow(clippy::too_many_arguments)]
@@ -661,7 +662,9 @@ fn encode_event<'py>(
     event::encode(&fields, &mut body);
     let mut row = Vec::with_capacity(96 + 2 * body.len());
     event::copy_row(&fields, &body, &mut row);
-    (PyBytes::new(py, &body), PyBytes::new(py, &row))
+    let mut frame = Vec::with_capacity(body.len() + 6);
+    event::frame(&body, &mut frame);
+    (PyBytes::new(py, &frame), PyBytes::new(py, &row))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

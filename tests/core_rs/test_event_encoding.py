@@ -72,11 +72,13 @@ def encode(f: dict) -> tuple[bytes, bytes]:
 
 @settings(max_examples=500, deadline=None)
 @given(fields)
-def test_the_body_is_what_protobuf_writes(f: dict) -> None:
-    body, _ = encode(f)
-    assert pb.Event.FromString(body) == pb.Event.FromString(reference(f))
+def test_the_frame_holds_what_protobuf_writes(f: dict) -> None:
+    frame, _ = encode(f)
+    batch = pb.EventBatch.FromString(frame + frame)  # frames concatenate into a batch
+    assert len(batch.events) == 2
+    assert batch.events[0] == pb.Event.FromString(reference(f))
     if not f["data"]:
-        assert body == reference(f)
+        assert frame.endswith(reference(f))
 
 
 # The table is emptied per example, so one database serves them all.
@@ -95,8 +97,8 @@ def test_copy_rows_read_back_exactly(database_url: str, rows: list[dict]) -> Non
         bodies = []
         with conn.cursor().copy("COPY ev (run_id, seq, ts, kind, node_id, body) FROM STDIN") as cp:
             for f in rows:
-                body, row = encode(f)
-                bodies.append(body)
+                frame, row = encode(f)
+                bodies.append(pb.EventBatch.FromString(frame).events[0])
                 cp.write(row)
         got = conn.execute("SELECT run_id, seq, ts, kind, node_id, body FROM ev").fetchall()
     assert len(got) == len(rows)
@@ -107,6 +109,6 @@ def test_copy_rows_read_back_exactly(database_url: str, rows: list[dict]) -> Non
 
         assert (run_id, seq) == (stored(f["run_id"]), f["seq"])
         assert (kind, node_id) == (stored(f["kind"]), stored(f["node_id"]))
-        assert bytes(body) == expected
+        assert pb.Event.FromString(bytes(body)) == expected
         micros = f["ts_ns"] // 1000
         assert ts == dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
