@@ -136,11 +136,11 @@ class EventPipeline:
     def put_run(self, run: RunRow) -> None:
         run.updated_at = now()
         run.last_seq = self._seqs.get(run.run_id, run.last_seq)
-        self._batch.runs[run.run_id] = dataclasses.replace(run)
+        self._batch.runs[run.run_id] = run  # copied when the batch is taken
         self._kick()
 
     def put_node(self, node: NodeRow) -> None:
-        self._batch.nodes[(node.run_id, node.node_id)] = dataclasses.replace(node)
+        self._batch.nodes[(node.run_id, node.node_id)] = node  # copied when the batch is taken
         self._kick()
 
     def close_run(self, run_id: str) -> None:
@@ -172,6 +172,10 @@ class EventPipeline:
                 await asyncio.sleep(pause)
             self._wake.clear()
             batch, self._batch = self._batch, Batch()
+            # Rows are queued by reference (a node changes state several times
+            # per batch); the batch writes one copy of each, taken now.
+            batch.runs = {k: dataclasses.replace(r) for k, r in batch.runs.items()}
+            batch.nodes = {k: dataclasses.replace(n) for k, n in batch.nodes.items()}
             publish, self._to_publish = self._to_publish, []
             closing, self._to_close = self._to_close, []
             waiters, self._waiters = self._waiters, []

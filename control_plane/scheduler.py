@@ -340,9 +340,9 @@ class Scheduler:
         if self.actors.get(actor.run.run_id) is actor:
             del self.actors[actor.run.run_id]
         if not self._stopping:
-            asyncio.get_running_loop().create_task(
-                self.store.release_lease(actor.run.run_id, self.owner)
-            )
+            # Give up the lease in the run's next batched write, not a query of its own.
+            actor.run.lease_owner = None
+            self.pipeline.put_run(actor.run)
 
 
 def _refusal(run_id: str, action: str, status: str) -> str:

@@ -8,6 +8,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ SERVICE_NAME = "statepipe.v1.StatePipe"
 MAX_PAGE = 1000
 REPLAY_PAGE = 2000
 IDLE_RECHECK_S = 5.0
+LATEST_TTL_S = 1.0
 
 
 class _Undecodable:
@@ -175,6 +177,7 @@ class Servicer(pb_grpc.StatePipeServicer):
         self.scheduler = scheduler
         self.pipeline = pipeline
         self.bus = bus
+        self._workflows: dict[tuple[str, str], tuple[float, pb.Workflow]] = {}
 
     # ------------------------------------------------------------- workflows
 
@@ -191,17 +194,26 @@ class Servicer(pb_grpc.StatePipeServicer):
             raise AlreadyExists(str(err)) from None
         workflow = pb.Workflow(spec=plan.spec)
         workflow.created_at.FromDatetime(row.created_at)
+        self._workflows.pop((plan.name, ""), None)  # "latest" may have changed
         return pb.RegisterWorkflowResponse(workflow=workflow, created=created)
 
     async def _workflow(self, name: str, version: str) -> pb.Workflow:
         if not name:
             raise InvalidArgument("workflow name is required")
+        # A registered version never changes: cache it. "Latest" is cached
+        # briefly (another replica may register a newer one).
+        cached = self._workflows.get((name, version))
+        if cached is not None and (version or time.monotonic() - cached[0] < LATEST_TTL_S):
+            return cached[1]
         row = await self.store.get_workflow(name, version)
         if row is None:
             which = f"version {version!r} of " if version else ""
             raise NotFound(f"{which}workflow {name!r} is not registered")
         workflow = pb.Workflow(spec=pb.WorkflowSpec.FromString(row.spec))
         workflow.created_at.FromDatetime(row.created_at)
+        if len(self._workflows) > 4096:
+            self._workflows.clear()
+        self._workflows[(name, version)] = (time.monotonic(), workflow)
         return workflow
 
     @_unary

@@ -86,6 +86,8 @@ class EventRow:
 
 RUN_COLUMNS = [f.name for f in dataclasses.fields(RunRow)]
 NODE_COLUMNS = [f.name for f in dataclasses.fields(NodeRow)]
+# lease_owner is written with the run (a finished run gives up its lease in the
+# same transaction); lease_expires_at only by the lease statements.
 _RUN_MUTABLE = [
     c
     for c in RUN_COLUMNS
@@ -97,7 +99,6 @@ _RUN_MUTABLE = [
         "spec",
         "idempotency_key",
         "created_at",
-        "lease_owner",
         "lease_expires_at",
     )
 ]
