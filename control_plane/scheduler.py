@@ -466,7 +466,8 @@ class RunActor:
                 continue
             self.limits.acquire(self.plan, self.run.run_id, key)
             self.inflight[node_id] = asyncio.get_running_loop().create_task(
-                self.execute(node_id), name=f"node-{self.run.run_id}-{node_id}"
+                self.execute(node_id, self._start(node_id)),
+                name=f"node-{self.run.run_id}-{node_id}",
             )
         self.queued = waiting
 
@@ -496,53 +497,72 @@ class RunActor:
                 }
         return {"input": self.run.input, "nodes": nodes}
 
-    async def execute(self, node_id: str) -> None:
+    def _start(self, node_id: str) -> tuple[NodeTask, NodeContext] | str | _NodeFailure:
+        """Runs synchronously as a node gets its slot: the condition, the params,
+        and the RUNNING transition, so ready-to-running costs no loop round trip.
+
+        Returns the task and its context, "skip" (the condition is false), or
+        the failure to report.
+        """
+        node = self.nodes[node_id]
+        node_plan = self.plan.nodes[node_id]
+        spec = node_plan.spec
+        scope = self._scope(node_plan.referenced)
+        if node_plan.when is not None:
+            try:
+                if not evaluate(node_plan.when, scope, spec.when):
+                    return "skip"
+            except ExpressionError as err:
+                return _NodeFailure(f"when: {err}", retry=False)
+        try:
+            params = render(node_plan.params, scope) if node_plan.refs else node_plan.params
+        except ExpressionError as err:
+            return _NodeFailure(f"params: {err}", retry=False)
+        node.attempt += 1
+        node.input = params
+        node.started_at = now()
+        node.finished_at = None
+        node.error = ""
+        task = NodeTask(
+            run_id=self.run.run_id,
+            node_id=node_id,
+            kind=spec.kind,
+            params=params,
+            attempt=node.attempt,
+            run_input=self.run.input,
+            timeout_ms=spec.timeout_ms,
+            resources={
+                "cpus": spec.resources.cpus,
+                "gpus": spec.resources.gpus,
+                "memory": spec.resources.memory,
+                **dict(spec.resources.custom),
+            },
+            metadata=node_plan.metadata,
+            labels=dict(spec.labels),
+        )
+        ctx = NodeContext(task, self._sink(node_id, node), asyncio.get_running_loop())
+        self.contexts[node_id] = ctx
+        self._set_node(node, "RUNNING", data={"executor": self.scheduler.executor.name})
+        return task, ctx
+
+    async def execute(
+        self, node_id: str, start: tuple[NodeTask, NodeContext] | str | _NodeFailure
+    ) -> None:
         node = self.nodes[node_id]
         node_plan = self.plan.nodes[node_id]
         spec = node_plan.spec
         key = spec.concurrency_key
         ctx: NodeContext | None = None
         try:
-            scope = self._scope(node_plan.referenced)
-            if node_plan.when is not None:
-                try:
-                    go = bool(evaluate(node_plan.when, scope, spec.when))
-                except ExpressionError as err:
-                    raise _NodeFailure(f"when: {err}", retry=False) from None
-                if not go:
-                    node.finished_at = now()
-                    self._set_node(node, "SKIPPED", error="", message=f"when is false: {spec.when}")
-                    self.frontier.skip(node_id)  # type: ignore[union-attr]
-                    return
-            try:
-                params = render(node_plan.params, scope) if node_plan.refs else node_plan.params
-            except ExpressionError as err:
-                raise _NodeFailure(f"params: {err}", retry=False) from None
-            node.attempt += 1
-            node.input = params
-            node.started_at = now()
-            node.finished_at = None
-            node.error = ""
-            task = NodeTask(
-                run_id=self.run.run_id,
-                node_id=node_id,
-                kind=spec.kind,
-                params=params,
-                attempt=node.attempt,
-                run_input=self.run.input,
-                timeout_ms=spec.timeout_ms,
-                resources={
-                    "cpus": spec.resources.cpus,
-                    "gpus": spec.resources.gpus,
-                    "memory": spec.resources.memory,
-                    **dict(spec.resources.custom),
-                },
-                metadata=node_plan.metadata,
-                labels=dict(spec.labels),
-            )
-            ctx = NodeContext(task, self._sink(node_id, node), asyncio.get_running_loop())
-            self.contexts[node_id] = ctx
-            self._set_node(node, "RUNNING", data={"executor": self.scheduler.executor.name})
+            if start == "skip":
+                node.finished_at = now()
+                self._set_node(node, "SKIPPED", error="", message=f"when is false: {spec.when}")
+                self.frontier.skip(node_id)  # type: ignore[union-attr]
+                return
+            if isinstance(start, _NodeFailure):
+                raise start
+            assert not isinstance(start, str)
+            task, ctx = start
             try:
                 if spec.timeout_ms:
                     async with asyncio.timeout(spec.timeout_ms / 1000):
