@@ -19,8 +19,9 @@ from statepipe.client import Client
 class ServerProcess:
     """`python -m statepipe server` as a child process on port 0."""
 
-    def __init__(self, database_url: str | None, home: Path) -> None:
+    def __init__(self, database_url: str | None, home: Path, *, via_env: bool = False) -> None:
         env = dict(os.environ, STATEPIPE_HOME=str(home))
+        env.pop("STATEPIPE_DATABASE_URL", None)
         args = [
             sys.executable,
             "-m",
@@ -31,10 +32,10 @@ class ServerProcess:
             "--log-level",
             "warning",
         ]
-        if database_url:
+        if database_url and via_env:
+            env["STATEPIPE_DATABASE_URL"] = database_url
+        elif database_url:
             args += ["--database-url", database_url]
-        else:
-            env.pop("STATEPIPE_DATABASE_URL", None)
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
@@ -125,6 +126,12 @@ def test_sigkill_mid_run_then_restart_finishes_the_run(
     twice = [n for n, count in runs.items() if count > 1]
     assert set(twice) <= succeeded_before
     assert len(twice) <= 20
+    for node_id in twice:  # a node cut off by the kill runs again as attempt + 1
+        attempts = [
+            int(line.split()[0]) for line in (marks / f"{node_id}.runs").read_text().splitlines()
+        ]
+        assert attempts == [1, 2], (node_id, attempts)
+        assert run.node(node_id).attempt == 2
     assert any(e.kind == "log" and "taken over" in e.message for e in events)
     assert second.terminate() == 0  # SIGTERM: graceful exit
 
@@ -140,7 +147,8 @@ def test_sigterm_is_graceful_and_runs_continue_after_restart(
         run_id = client.start_run(layered_spec(marks, layers=5, width=4, seconds=0.1))
         time.sleep(0.3)
     assert first.terminate() == 0
-    second = ServerProcess(database_url, tmp_path / "home")
+    # The database URL may also come from STATEPIPE_DATABASE_URL.
+    second = ServerProcess(database_url, tmp_path / "home", via_env=True)
     processes.append(second)
     with Client(second.address) as client:
         assert client.wait(run_id, timeout=60).status == "SUCCEEDED"
