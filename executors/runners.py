@@ -49,6 +49,8 @@ def _check_callable_param(params: Mapping[str, Any]) -> None:
     args = params.get("args", {})
     if not isinstance(args, Mapping) and not (isinstance(args, str) and "{{" in args):
         raise ValueError("params.args must be an object of keyword arguments")
+    if not isinstance(params.get("pass_ctx", True), bool):
+        raise ValueError("params.pass_ctx must be true or false")
     isolation = params.get("isolation", "thread")
     if isolation not in ("thread", "process"):
         raise ValueError(f"params.isolation must be 'thread' or 'process', not {isolation!r}")
@@ -71,13 +73,16 @@ class _ProcessContext:
         return None
 
 
-def _call_in_process(path: str, ctx: _ProcessContext, args: dict[str, Any]) -> tuple[Any, list]:
+def _call_in_process(
+    path: str, ctx: _ProcessContext, args: dict[str, Any], pass_ctx: bool
+) -> tuple[Any, list]:
     fn = import_callable(path)
-    return fn(ctx, **args), ctx.records
+    return (fn(ctx, **args) if pass_ctx else fn(**args)), ctx.records
 
 
 class PythonRunner:
-    """``kind: python``: calls ``params.callable`` as ``fn(ctx, **params.args)``.
+    """``kind: python``: calls ``params.callable`` as ``fn(ctx, **params.args)``
+    (``fn(**params.args)`` with ``params.pass_ctx: false``).
 
     Async functions run on the event loop; sync ones in a thread pool, or in a
     process pool when ``params.isolation == "process"``.
@@ -101,18 +106,20 @@ class PythonRunner:
         if not isinstance(args, Mapping):
             raise NodeError(f"params.args resolved to {type(args).__name__}, not an object")
         fn = import_callable(path)
+        # pass_ctx: false calls fn(**args) (the SDK sets it for functions without ctx).
+        lead = (ctx,) if task.params.get("pass_ctx", True) else ()
         loop = asyncio.get_running_loop()
         if task.params.get("isolation") == "process":
             pctx = _ProcessContext(task.run_id, task.node_id, task.attempt, task.run_input)
             result, records = await loop.run_in_executor(
-                self._process_pool(), _call_in_process, path, pctx, dict(args)
+                self._process_pool(), _call_in_process, path, pctx, dict(args), bool(lead)
             )
             for name, a, k in records:
                 getattr(ctx, name)(*a, **k)
             return result
         if inspect.iscoroutinefunction(fn):
-            return await fn(ctx, **args)
-        future = loop.run_in_executor(self._threads, functools.partial(fn, ctx, **args))
+            return await fn(*lead, **args)
+        future = loop.run_in_executor(self._threads, functools.partial(fn, *lead, **args))
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -376,3 +376,9 @@ def test_global_and_per_workflow_limits(make_server: Any, tmp_path: Path) -> Non
         ids = [client.start_run(spec) for _ in range(3)]
         assert all(client.wait(r, timeout=30).status == "SUCCEEDED" for r in ids)
         assert int((marks / "max").read_text()) == 2
+
+
+def test_a_function_without_ctx(client: Client) -> None:
+    node = py("plain", "no_ctx", args={"a": 6, "b": 7}, params={"pass_ctx": False})
+    run = client.wait(client.start_run({"name": "plain", "nodes": [node]}), timeout=30)
+    assert run.status == "SUCCEEDED" and run.node("plain").output == 42

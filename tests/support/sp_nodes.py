@@ -164,3 +164,8 @@ class Plugin:
 
     async def on_complete(self, ctx: dict[str, Any], metadata: dict[str, Any]) -> None:
         self._write("on_complete", ctx)
+
+
+def no_ctx(a: int, b: int = 1) -> int:
+    """A node function without ctx (params.pass_ctx: false)."""
+    return a * b
