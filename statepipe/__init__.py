@@ -4,6 +4,7 @@ The client surface is exported lazily, so ``import statepipe`` stays cheap
 (grpc and protobuf load on first use of a name that needs them)::
 
     from statepipe import Client, StatepipeError
+    from statepipe import Retry, Workflow  # the SDK (statepipe.sdk)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         Run,
         StatepipeError,
     )
+    from statepipe.sdk import Retry, TargetError, Workflow, load_target
 
 # Exported name -> module that defines it.
 _LAZY = {
@@ -34,9 +36,13 @@ _LAZY = {
     "Client": "statepipe.client",
     "Event": "statepipe.client",
     "NodeState": "statepipe.client",
+    "Retry": "statepipe.sdk",
     "Run": "statepipe.client",
     "SpecError": "statepipe._convert",
     "StatepipeError": "statepipe.client",
+    "TargetError": "statepipe.sdk",
+    "Workflow": "statepipe.sdk",
+    "load_target": "statepipe.sdk",
 }
 
 __all__ = [
@@ -44,10 +50,14 @@ __all__ = [
     "Client",
     "Event",
     "NodeState",
+    "Retry",
     "Run",
     "SpecError",
     "StatepipeError",
+    "TargetError",
+    "Workflow",
     "__version__",
+    "load_target",
 ]
 
 

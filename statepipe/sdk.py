@@ -1,0 +1,829 @@
+"""The Python SDK: write a workflow as decorated functions, get a ``WorkflowSpec``.
+
+A :class:`Workflow` collects nodes (``@wf.node``) and hooks (``@wf.on_success``,
+...) and compiles them to the same spec a YAML or JSON file holds
+(:meth:`Workflow.to_spec`), so the control plane never sees anything but data.
+Each node is a ``kind: python`` node whose ``params.callable`` is the
+function's ``module:qualname``: the server imports it, so node functions must
+be defined at module level::
+
+    from statepipe import Retry, Workflow
+
+    wf = Workflow("greet", input_schema={"type": "object", "required": ["who"]})
+
+    @wf.node
+    def hello(ctx, who: str) -> str:          # who <- {{ input.who }}
+        ctx.log(f"greeting {who}")
+        return f"hello {who}"
+
+    @wf.node(retry=Retry(max_attempts=3, backoff_ms=200))
+    def shout(hello: str) -> str:             # hello <- {{ nodes.hello.output }}
+        return hello.upper()
+
+    client.register_workflow(wf.to_spec())
+
+How a parameter gets its value (the rest of the signature is left alone):
+
+* a first parameter named ``ctx`` receives the node context (``pass_ctx``);
+* a parameter named after another node of the workflow receives that node's
+  output, and makes the node depend on it;
+* a parameter named ``input`` receives the whole run input;
+* any other parameter without a default receives ``input.<name>``;
+* ``args=`` of :meth:`Workflow.node` sets (or overrides) any parameter.
+
+:func:`load_target` turns what a person types on the command line
+(``flow.py[:wf]``, ``flow.yaml``, or a registered workflow's name) into a spec.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.util
+import inspect
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+
+if TYPE_CHECKING:
+    from statepipe.v1 import statepipe_pb2 as pb
+
+__all__ = ["HOOKS", "Retry", "TargetError", "Workflow", "load_target"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The hook names a workflow may set, in lifecycle order.
+HOOKS: tuple[str, ...] = (
+    "on_init",
+    "on_progress",
+    "on_success",
+    "on_error",
+    "on_retry",
+    "on_complete",
+)
+
+_STRATEGIES = ("fixed", "linear", "exponential")
+_ISOLATIONS = ("thread", "process")
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
+_SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+# --------------------------------------------------------------------- Retry
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A node's retry policy (``retry`` in the spec).
+
+    Attributes:
+        max_attempts: Total attempts, the first included (1: no retry).
+        backoff_ms: Delay before the first retry, in milliseconds.
+        strategy: How the delay grows: ``"fixed"``, ``"linear"`` or ``"exponential"``.
+        max_backoff_ms: Upper bound on any delay (0: no bound).
+        jitter: Fraction of the delay added or removed at random, 0 to 1.
+
+    Raises:
+        ValueError: A value out of range or of the wrong type (checked on creation).
+    """
+
+    max_attempts: int = 1
+    backoff_ms: int = 0
+    strategy: Literal["fixed", "linear", "exponential"] = "fixed"
+    max_backoff_ms: int = 0
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_int("Retry.max_attempts", self.max_attempts, 1, _INT32_MAX)
+        _check_int("Retry.backoff_ms", self.backoff_ms, 0, _INT64_MAX)
+        _check_int("Retry.max_backoff_ms", self.max_backoff_ms, 0, _INT64_MAX)
+        if self.strategy not in _STRATEGIES:
+            raise ValueError(
+                f"Retry.strategy must be one of {', '.join(map(repr, _STRATEGIES))}, "
+                f"got {self.strategy!r}"
+            )
+        jitter = self.jitter
+        if (
+            isinstance(jitter, bool)
+            or not isinstance(jitter, int | float)
+            or not math.isfinite(jitter)
+            or not 0 <= jitter <= 1
+        ):
+            raise ValueError(f"Retry.jitter must be a number from 0 to 1, got {jitter!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec's ``retry`` object: ``max_attempts`` plus the fields not at their default."""
+        out: dict[str, Any] = {"max_attempts": self.max_attempts}
+        if self.backoff_ms:
+            out["backoff_ms"] = self.backoff_ms
+        if self.strategy != "fixed":
+            out["strategy"] = self.strategy
+        if self.max_backoff_ms:
+            out["max_backoff_ms"] = self.max_backoff_ms
+        if self.jitter:
+            out["jitter"] = float(self.jitter)
+        return out
+
+
+def _check_int(what: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{what} must be at least {low}, got {value}")
+    if value > high:
+        raise ValueError(f"{what} must be at most {high}, got {value}")
+
+
+# -------------------------------------------------------------------- nodes
+
+
+@dataclass
+class _Node:
+    """A decorated function and everything said about it at decoration time."""
+
+    id: str
+    fn: Callable[..., Any]
+    callable_path: str
+    pass_ctx: bool
+    # (name, has_default) for each parameter that can be passed by keyword.
+    params: list[tuple[str, bool]]
+    after: list[str]
+    retry: Retry | None
+    timeout_ms: int
+    resources: dict[str, Any] | None
+    when: str | None
+    concurrency_key: str
+    labels: dict[str, str] | None
+    metadata: dict[str, Any] | None
+    continue_on_failure: bool
+    isolation: str
+    args: dict[str, Any]
+
+
+def _import_path(fn: Any, what: str) -> str:
+    """``module:qualname`` of a function the server can import, or TypeError."""
+    if not callable(fn):
+        raise TypeError(f"{what} must be a function, got {type(fn).__name__}")
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(
+            f"{what} must be a function defined at module level, got {type(fn).__name__}"
+        )
+    if "<" in qualname:  # <lambda>, <locals>
+        kind = "a lambda" if "<lambda>" in qualname else "a nested function"
+        raise TypeError(
+            f"{what} {module}.{qualname} is {kind}: the server imports functions as "
+            "'module:name', so define it at module level"
+        )
+    return f"{module}:{qualname}"
+
+
+def _signature(fn: Callable[..., Any], path: str) -> tuple[bool, list[tuple[str, bool]], bool]:
+    """(pass_ctx, [(param, has_default)], takes **kwargs) from a node function's signature."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"node {path}: cannot read its signature ({err})") from None
+    items = list(sig.parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    pass_ctx = bool(items) and items[0].name == "ctx" and items[0].kind in positional
+    params: list[tuple[str, bool]] = []
+    var_keyword = False
+    for index, param in enumerate(items):
+        if pass_ctx and index == 0:
+            continue
+        has_default = param.default is not inspect.Parameter.empty
+        if param.name == "ctx":
+            raise TypeError(
+                f"node {path}: ctx must be the first positional parameter to receive the context"
+            )
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            var_keyword = True
+        elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue
+        elif param.kind is inspect.Parameter.POSITIONAL_ONLY:
+            if not has_default:
+                raise TypeError(
+                    f"node {path}: positional-only parameter {param.name!r} cannot be "
+                    "given a value (nodes are called with keyword arguments)"
+                )
+        else:
+            params.append((param.name, has_default))
+    return pass_ctx, params, var_keyword
+
+
+# ------------------------------------------------------------------ Workflow
+
+
+class Workflow:
+    """A workflow written in Python, compiled to a ``WorkflowSpec``.
+
+    Args:
+        name: The workflow's name (what runs are started by).
+        input_schema: JSON Schema the run input must satisfy (None: anything).
+            Defaults in it are documentation: the server does not fill them in.
+        version: The version; registering the same name and version with a
+            different spec is refused, so change it when the workflow changes.
+        description: A line about the workflow.
+        concurrency: Limits: ``{"per_run": n, "per_workflow": n, "per_key": {key: n}}``.
+        labels: String labels of the workflow.
+        metadata: Free JSON metadata (also given to hooks).
+
+    Raises:
+        TypeError: ``name`` or ``version`` is not a string.
+        ValueError: ``name`` is empty.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        input_schema: dict[str, Any] | None = None,
+        version: str = "1",
+        description: str = "",
+        concurrency: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"Workflow name must be a string, got {type(name).__name__}")
+        if not name.strip():
+            raise ValueError("Workflow name must not be empty")
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)
+        if not isinstance(version, str):
+            raise TypeError(f"Workflow version must be a string, got {type(version).__name__}")
+        self._name = name
+        self._version = version
+        self.description = description
+        self.input_schema = input_schema
+        self.concurrency = concurrency
+        self.labels = labels
+        self.metadata = metadata
+        self._nodes: dict[str, _Node] = {}
+        self._hooks: dict[str, str] = {}
+
+    @property
+    def name(self) -> str:
+        """The workflow's name."""
+        return self._name
+
+    @property
+    def version(self) -> str:
+        """The workflow's version."""
+        return self._version
+
+    @property
+    def nodes(self) -> list[str]:
+        """The node ids, in the order they were declared."""
+        return list(self._nodes)
+
+    @property
+    def hooks(self) -> dict[str, str]:
+        """The hooks set so far: hook name -> ``module:qualname``."""
+        return dict(self._hooks)
+
+    def __repr__(self) -> str:
+        return f"Workflow({self._name!r}, version={self._version!r}, nodes={self.nodes!r})"
+
+    # ------------------------------------------------------------ nodes
+
+    @overload
+    def node(self, fn: F, /) -> F: ...
+
+    @overload
+    def node(
+        self,
+        fn: None = None,
+        /,
+        *,
+        id: str | None = None,
+        after: Sequence[str | Callable[..., Any]] | str | Callable[..., Any] = (),
+        retry: Retry | None = None,
+        timeout_ms: int = 0,
+        resources: dict[str, Any] | None = None,
+        when: str | None = None,
+        concurrency_key: str = "",
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        continue_on_failure: bool = False,
+        isolation: str = "thread",
+        args: dict[str, Any] | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def node(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        id: str | None = None,
+        after: Sequence[str | Callable[..., Any]] | str | Callable[..., Any] = (),
+        retry: Retry | None = None,
+        timeout_ms: int = 0,
+        resources: dict[str, Any] | None = None,
+        when: str | None = None,
+        concurrency_key: str = "",
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        continue_on_failure: bool = False,
+        isolation: str = "thread",
+        args: dict[str, Any] | None = None,
+    ) -> F | Callable[[F], F]:
+        """Declares a node running a function (sync or async); returns it unchanged.
+
+        Use it bare (``@wf.node``), with keywords (``@wf.node(id="x", retry=...)``),
+        or as a call (``wf.node(id=f"shard_{i}", args={"shard": i})(fn)``) to
+        declare several nodes running one function.
+
+        Args:
+            fn: The function (when used bare).
+            id: The node id (default: the function's name).
+            after: Nodes that must finish first: ids, or functions declared as
+                nodes of this workflow. Parameters named after a node add it too.
+            retry: The retry policy (default: one attempt).
+            timeout_ms: Timeout of one attempt in milliseconds (0: none).
+            resources: ``{"cpus": n, "gpus": n, "memory": bytes, "custom": {...}}``.
+            when: A condition such as ``"nodes.plan.output.tool == 'search'"``;
+                false skips the node (its dependents treat it as done).
+            concurrency_key: Nodes sharing a key share its concurrency limit.
+            labels: String labels of the node.
+            metadata: Free JSON metadata of the node.
+            continue_on_failure: Let dependents run when this node fails for good.
+            isolation: ``"thread"`` (default) or ``"process"`` (sync functions only).
+            args: Values for parameters, static or templated
+                (``"{{ nodes.a.output.x }}"``); they override the inferred ones.
+
+        Returns:
+            The function unchanged, or a decorator when ``fn`` is not given.
+
+        Raises:
+            TypeError: The function cannot be imported by the server (a lambda or a
+                nested function), its signature cannot be bound, or an argument
+                has the wrong type.
+            ValueError: A duplicate id, an ``after`` function that is not a node
+                of this workflow, or a value out of range.
+        """
+        if isinstance(fn, str):
+            raise TypeError(f"give the node id as a keyword: @wf.node(id={fn!r})")
+
+        def decorate(func: F) -> F:
+            self._add_node(
+                func,
+                id=id,
+                after=after,
+                retry=retry,
+                timeout_ms=timeout_ms,
+                resources=resources,
+                when=when,
+                concurrency_key=concurrency_key,
+                labels=labels,
+                metadata=metadata,
+                continue_on_failure=continue_on_failure,
+                isolation=isolation,
+                args=args,
+            )
+            return func
+
+        return decorate if fn is None else decorate(fn)
+
+    def _add_node(
+        self,
+        fn: Callable[..., Any],
+        *,
+        id: str | None,
+        after: Sequence[str | Callable[..., Any]] | str | Callable[..., Any],
+        retry: Retry | Mapping[str, Any] | None,
+        timeout_ms: int,
+        resources: dict[str, Any] | None,
+        when: str | None,
+        concurrency_key: str,
+        labels: dict[str, str] | None,
+        metadata: dict[str, Any] | None,
+        continue_on_failure: bool,
+        isolation: str,
+        args: dict[str, Any] | None,
+    ) -> None:
+        path = _import_path(fn, "a node")
+        node_id = id if id is not None else getattr(fn, "__name__", path.rpartition(".")[2])
+        if not isinstance(node_id, str) or not node_id.strip():
+            raise TypeError(f"node {path}: id must be a non-empty string, got {node_id!r}")
+        where = f"node {node_id!r}"
+        if node_id in self._nodes:
+            other = self._nodes[node_id].callable_path
+            raise ValueError(f"{where} is declared twice in workflow {self._name!r} ({other})")
+        pass_ctx, params, var_keyword = _signature(fn, path)
+
+        if retry is not None and not isinstance(retry, Retry):
+            if not isinstance(retry, Mapping):
+                raise TypeError(f"{where}: retry must be a Retry, got {type(retry).__name__}")
+            retry = Retry(**retry)
+        _check_int(f"{where}: timeout_ms", timeout_ms, 0, _INT64_MAX)
+        if when is not None and not isinstance(when, str):
+            raise TypeError(f"{where}: when must be a string, got {type(when).__name__}")
+        if not isinstance(concurrency_key, str):
+            raise TypeError(f"{where}: concurrency_key must be a string")
+        if not isinstance(continue_on_failure, bool):
+            raise TypeError(f"{where}: continue_on_failure must be True or False")
+        if isolation not in _ISOLATIONS:
+            raise ValueError(f"{where}: isolation must be 'thread' or 'process', got {isolation!r}")
+        if isolation == "process" and inspect.iscoroutinefunction(fn):
+            raise ValueError(f"{where}: an async function cannot use isolation='process'")
+        for field, value in (("resources", resources), ("labels", labels), ("metadata", metadata)):
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(f"{where}: {field} must be a dict, got {type(value).__name__}")
+
+        if args is not None and not isinstance(args, Mapping):
+            raise TypeError(f"{where}: args must be a dict, got {type(args).__name__}")
+        given = dict(args or {})
+        names = {name for name, _ in params}
+        for key in given:
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: args keys must be strings, got {key!r}")
+            if key == "ctx" and pass_ctx:
+                raise TypeError(f"{where}: args cannot set ctx (it is the node context)")
+            if key not in names and not var_keyword:
+                raise TypeError(f"{where}: args[{key!r}]: {path} has no parameter {key!r}")
+
+        self._nodes[node_id] = _Node(
+            id=node_id,
+            fn=fn,
+            callable_path=path,
+            pass_ctx=pass_ctx,
+            params=params,
+            after=self._resolve_after(where, after),
+            retry=retry,
+            timeout_ms=timeout_ms,
+            resources=resources,
+            when=when,
+            concurrency_key=concurrency_key,
+            labels=labels,
+            metadata=metadata,
+            continue_on_failure=continue_on_failure,
+            isolation=isolation,
+            args=given,
+        )
+
+    def _resolve_after(
+        self, where: str, after: Sequence[str | Callable[..., Any]] | str | Callable[..., Any]
+    ) -> list[str]:
+        items = [after] if isinstance(after, str) or callable(after) else list(after)
+        out: list[str] = []
+        for item in items:
+            if isinstance(item, str):
+                dep = item
+            elif callable(item):
+                ids = [n.id for n in self._nodes.values() if n.fn is item]
+                label = getattr(item, "__qualname__", repr(item))
+                if not ids:
+                    raise ValueError(
+                        f"{where}: after={label} is not a node of workflow {self._name!r} "
+                        "(declare it with @wf.node first, or give its id)"
+                    )
+                if len(ids) > 1:
+                    raise ValueError(
+                        f"{where}: after={label} is ambiguous: it runs as nodes "
+                        f"{', '.join(ids)}; give the ids"
+                    )
+                dep = ids[0]
+            else:
+                raise TypeError(
+                    f"{where}: after must hold node ids or node functions, got {item!r}"
+                )
+            if dep not in out:
+                out.append(dep)
+        return out
+
+    # ------------------------------------------------------------ hooks
+
+    def on_init(self, fn: F) -> F:
+        """Sets the hook called once when a run starts, as ``fn(ctx: dict, metadata: dict)``."""
+        return self._hook("on_init", fn)
+
+    def on_progress(self, fn: F) -> F:
+        """Sets the hook called when a node reports progress, as ``fn(ctx, metadata)``."""
+        return self._hook("on_progress", fn)
+
+    def on_success(self, fn: F) -> F:
+        """Sets the hook called when a node succeeds, as ``fn(ctx, metadata)``."""
+        return self._hook("on_success", fn)
+
+    def on_error(self, fn: F) -> F:
+        """Sets the hook called when a node fails, as ``fn(ctx, metadata)``."""
+        return self._hook("on_error", fn)
+
+    def on_retry(self, fn: F) -> F:
+        """Sets the hook called when a node is retried, as ``fn(ctx, metadata)``."""
+        return self._hook("on_retry", fn)
+
+    def on_complete(self, fn: F) -> F:
+        """Sets the hook called once when a run ends, as ``fn(ctx, metadata)``."""
+        return self._hook("on_complete", fn)
+
+    def _hook(self, hook: str, fn: F) -> F:
+        path = _import_path(fn, f"the {hook} hook")
+        if hook in self._hooks and self._hooks[hook] != path:
+            raise ValueError(
+                f"workflow {self._name!r} already has an {hook} hook ({self._hooks[hook]})"
+            )
+        self._hooks[hook] = path
+        return fn
+
+    # ------------------------------------------------------------ compile
+
+    def to_spec(self) -> dict[str, Any]:
+        """The workflow as a spec dict, the same shape as a JSON or YAML spec file.
+
+        Returns:
+            A fresh dict with proto field names (fields at their default left
+            out), ready for ``Client.register_workflow`` or ``json.dumps``.
+
+        Raises:
+            SpecError: The spec is not valid: no nodes, a dependency on an
+                unknown node, a cycle, a function the server cannot import by
+                its name, or a field of the wrong shape (e.g. ``resources``).
+        """
+        from statepipe._convert import SpecError, spec_to_proto
+
+        if not self._nodes:
+            raise SpecError("nodes", f"workflow {self._name!r} has no nodes")
+        spec: dict[str, Any] = {"name": self._name, "version": self._version}
+        if self.description:
+            spec["description"] = self.description
+        for field in ("input_schema", "concurrency", "labels", "metadata"):
+            value = getattr(self, field)
+            if value is not None:
+                spec[field] = copy.deepcopy(value)
+        if self._hooks:
+            spec["hooks"] = {h: self._hooks[h] for h in HOOKS if h in self._hooks}
+        spec["nodes"] = [self._node_spec(i, node) for i, node in enumerate(self._nodes.values())]
+        self._check_graph(spec["nodes"])
+        spec_to_proto(spec)  # raises SpecError naming the path of a malformed field
+        return spec
+
+    def to_proto(self) -> pb.WorkflowSpec:
+        """The workflow as a ``statepipe.v1.WorkflowSpec`` message.
+
+        Raises:
+            SpecError: As :meth:`to_spec`.
+        """
+        from statepipe._convert import spec_to_proto
+
+        return spec_to_proto(self.to_spec())
+
+    def _node_spec(self, index: int, node: _Node) -> dict[str, Any]:
+        from statepipe._convert import SpecError
+
+        _check_resolvable(node.fn, node.callable_path, f"nodes[{index}].params.callable")
+        after = list(node.after)
+        args: dict[str, Any] = {}
+        for name, has_default in node.params:
+            if name in node.args:
+                args[name] = copy.deepcopy(node.args[name])
+            elif name in node.after:
+                args[name] = f"{{{{ nodes.{name}.output }}}}"
+            elif name == "input":
+                args[name] = "{{ input }}"
+            elif name in self._nodes and name != node.id:
+                args[name] = f"{{{{ nodes.{name}.output }}}}"
+                after.append(name)
+            elif not has_default:
+                args[name] = f"{{{{ input.{name} }}}}"
+        for key, value in node.args.items():  # for **kwargs
+            if key not in args:
+                args[key] = copy.deepcopy(value)
+        if node.id in after:
+            raise SpecError(f"nodes[{index}].after", f'node "{node.id}" cannot depend on itself')
+
+        params: dict[str, Any] = {
+            "callable": node.callable_path,
+            "args": args,
+            "pass_ctx": node.pass_ctx,
+        }
+        if node.isolation != "thread":
+            params["isolation"] = node.isolation
+        out: dict[str, Any] = {"id": node.id, "kind": "python"}
+        if after:
+            out["after"] = after
+        if node.when:
+            out["when"] = node.when
+        out["params"] = params
+        if node.retry is not None:
+            out["retry"] = node.retry.to_dict()
+        if node.timeout_ms:
+            out["timeout_ms"] = node.timeout_ms
+        if node.resources is not None:
+            out["resources"] = copy.deepcopy(node.resources)
+        if node.concurrency_key:
+            out["concurrency_key"] = node.concurrency_key
+        if node.labels is not None:
+            out["labels"] = copy.deepcopy(node.labels)
+        if node.metadata is not None:
+            out["metadata"] = copy.deepcopy(node.metadata)
+        if node.continue_on_failure:
+            out["continue_on_failure"] = True
+        return out
+
+    def _check_graph(self, nodes: list[dict[str, Any]]) -> None:
+        """Unknown dependencies and cycles, named (the server checks them too)."""
+        from statepipe._convert import SpecError
+
+        ids = [n["id"] for n in nodes]
+        deps = {n["id"]: n.get("after", []) for n in nodes}
+        for index, node in enumerate(nodes):
+            for dep in node.get("after", []):
+                if dep not in deps:
+                    close = difflib.get_close_matches(dep, ids, n=1, cutoff=0.6)
+                    hint = f' (did you mean "{close[0]}"?)' if close else ""
+                    raise SpecError(f"nodes[{index}].after", f'unknown node "{dep}"{hint}')
+        state: dict[str, int] = {}  # 1: on the path, 2: done
+        for start in ids:
+            if state.get(start):
+                continue
+            path: list[str] = [start]
+            stack = [iter(deps[start])]
+            state[start] = 1
+            while stack:
+                dep = next(stack[-1], None)
+                if dep is None:
+                    state[path.pop()] = 2
+                    stack.pop()
+                elif state.get(dep) == 1:
+                    cycle = [*path[path.index(dep) :], dep]
+                    raise SpecError("nodes", f"cycle: {' -> '.join(cycle)}")
+                elif not state.get(dep):
+                    state[dep] = 1
+                    path.append(dep)
+                    stack.append(iter(deps[dep]))
+
+
+def _check_resolvable(fn: Callable[..., Any], path: str, where: str) -> None:
+    """A function whose module is loaded must be found there under its qualname."""
+    from statepipe._convert import SpecError
+
+    module_name, _, qualname = path.partition(":")
+    target: Any = sys.modules.get(module_name)
+    if target is None:
+        return  # not loaded here: the server's import will tell
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise SpecError(
+                where,
+                f"{path} cannot be imported: module {module_name!r} has no attribute "
+                f"{qualname!r} (node functions must be defined at module level)",
+            )
+
+
+# ----------------------------------------------------------------- targets
+
+
+class TargetError(Exception):
+    """A workflow target (``flow.py[:var]``, ``flow.yaml``, a name) that cannot be loaded.
+
+    ``str(err)`` is one line a person can act on, e.g. ``no such file: flow.py``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(re.sub(r"\s*\n\s*", " ", message).strip())
+
+
+def load_target(target: str) -> tuple[dict[str, Any] | None, str]:
+    """Resolves a workflow target as typed on the command line.
+
+    * ``path/flow.py`` or ``path/flow.py:var``: imports the file as the module
+      ``flow`` (its directory first on ``sys.path``, so a server in the same
+      process can import ``flow:function``) and compiles the :class:`Workflow`
+      in ``var``, or the only one in the module.
+    * ``path/flow.yaml``, ``.yml``, ``.json``: reads the spec file (its
+      directory goes first on ``sys.path`` too, for its ``callable`` modules).
+    * anything else: the name of a registered workflow.
+
+    Args:
+        target: The target.
+
+    Returns:
+        ``(spec, name)``: the spec dict and the workflow's name, or
+        ``(None, target)`` for a registered workflow's name.
+
+    Raises:
+        TargetError: No such file, a module that fails to import (with the
+            error's summary), a file name that is not a module name or is taken
+            by another module, no or several workflows in the module, or a
+            ``:var`` that is missing or not a Workflow.
+        SpecError: The spec file or the compiled workflow is not a valid spec.
+    """
+    if not isinstance(target, str) or not target.strip():
+        raise TargetError("no workflow given: name a file (flow.py, flow.yaml) or a workflow")
+    file_text, var = target, None
+    head, sep, tail = target.rpartition(":")
+    if sep and Path(head).suffix.lower() == ".py":
+        file_text, var = head, tail
+        if not var:
+            raise TargetError(f"{target}: name the workflow variable after ':' (or leave ':' out)")
+    elif sep and Path(head).suffix.lower() in _SPEC_SUFFIXES:
+        raise TargetError(f"{target}: ':{tail}' only applies to Python files")
+    suffix = Path(file_text).suffix.lower()
+    if suffix == ".py":
+        return _load_python(Path(file_text), var)
+    if suffix in _SPEC_SUFFIXES:
+        return _load_spec(Path(file_text))
+    return None, target
+
+
+def _load_python(file: Path, var: str | None) -> tuple[dict[str, Any], str]:
+    if not file.is_file():
+        raise TargetError(f"no such file: {file}")
+    module = _import_file(file)
+    if var is not None:
+        obj: Any = module
+        for part in var.split("."):
+            if not hasattr(obj, part):
+                found = _workflows(module)
+                hint = f"; it defines {', '.join(found)}" if found else ""
+                raise TargetError(f"{file} has no attribute {var!r}{hint}")
+            obj = getattr(obj, part)
+        if not isinstance(obj, Workflow):
+            raise TargetError(f"{file}:{var} is a {type(obj).__name__}, not a statepipe Workflow")
+        return obj.to_spec(), obj.name
+    found = _workflows(module)
+    if not found:
+        raise TargetError(f"{file} defines no statepipe Workflow")
+    if len(found) > 1:
+        raise TargetError(
+            f"{file} defines several workflows ({', '.join(found)}); "
+            f"pick one: {file}:{next(iter(found))}"
+        )
+    workflow = next(iter(found.values()))
+    return workflow.to_spec(), workflow.name
+
+
+def _workflows(module: ModuleType) -> dict[str, Workflow]:
+    """The module's Workflow instances by the first global name bound to each."""
+    out: dict[str, Workflow] = {}
+    for key, value in vars(module).items():
+        if isinstance(value, Workflow) and not any(v is value for v in out.values()):
+            out[key] = value
+    return out
+
+
+def _import_file(file: Path) -> ModuleType:
+    path = file.resolve()
+    name = path.stem
+    if not name.isidentifier():
+        raise TargetError(
+            f"cannot import {file}: {name!r} is not a valid module name "
+            f"(the server imports nodes as '{name}:function'); rename the file"
+        )
+    existing = sys.modules.get(name)
+    if existing is not None:
+        loaded = getattr(existing, "__file__", None)
+        if loaded and Path(loaded).resolve() == path:
+            return existing
+        raise TargetError(
+            f"cannot import {file} as module {name!r}: that name is already taken by "
+            f"{loaded or 'a built-in module'}; rename the file"
+        )
+    _prepend_path(path.parent)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TargetError(f"cannot import {file}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as err:
+        sys.modules.pop(name, None)
+        summary = str(err).strip().splitlines()
+        detail = f": {summary[0]}" if summary else ""
+        raise TargetError(f"cannot import {file}: {type(err).__name__}{detail}") from err
+    return module
+
+
+def _prepend_path(directory: Path) -> None:
+    entry = str(directory)
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+        importlib.invalidate_caches()
+
+
+def _load_spec(file: Path) -> tuple[dict[str, Any], str]:
+    from statepipe._convert import SpecError, load_spec_file, spec_to_proto
+
+    if not file.is_file():
+        raise TargetError(f"no such file: {file}")
+    try:
+        spec = load_spec_file(file)
+    except OSError as err:
+        raise TargetError(f"cannot read {file}: {err.strerror or err}") from err
+    spec_to_proto(spec)  # SpecError names the offending path
+    name = spec["name"]
+    if not isinstance(name, str):  # spec_to_proto checked it; for the type checker
+        raise SpecError("name", "expected a string")
+    _prepend_path(file.resolve().parent)
+    return spec, name
