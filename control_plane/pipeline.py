@@ -183,7 +183,7 @@ class EventPipeline:
                 await self._commit(batch)
             busy = len(batch.events) >= BUSY_BATCH_EVENTS
             pause = min(pause * 2, MAX_PAUSE_S) if busy else self.flush_interval
-            self._publish(batch, publish, closing)
+            await self._publish(batch, publish, closing)
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -204,12 +204,19 @@ class EventPipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _publish(
+    async def _publish(
         self, batch: Batch, publish: list[tuple[str, bytes]], closing: list[tuple[str, int]]
     ) -> None:
         publish_event = self.bus.publish
-        for run_id, body in publish:
-            publish_event(run_id, body)
+        # A large batch goes out in slices with a pause between them, so live
+        # subscribers on this loop read each slice before the ring wraps.
+        slice_size = max(1, self.bus.capacity // 4)
+        for start in range(0, len(publish), slice_size):
+            if start:
+                await asyncio.sleep(0)  # wakes parked subscribers
+                await asyncio.sleep(0)  # lets them read
+            for run_id, body in publish[start : start + slice_size]:
+                publish_event(run_id, body)
         for run_id, generation in closing:
             if self._generation.get(run_id, 0) == generation:
                 self.bus.close(run_id)

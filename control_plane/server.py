@@ -32,7 +32,7 @@ class ServerConfig:
     database_url: str | None = None
     max_concurrency: int = 256
     lease_ms: int = 15_000
-    bus_capacity: int = 4096
+    bus_capacity: int = 16384
     flush_interval_ms: float = 2.0
     grace_s: float = 5.0
 
