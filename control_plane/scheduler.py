@@ -147,10 +147,12 @@ class Scheduler:
 
     # ------------------------------------------------------------- lifecycle
 
-    async def start(self) -> list[str]:
+    async def start(self, *, take_over: bool = True) -> list[str]:
         """Takes over runs left active by a dead or expired owner; starts leasing."""
-        dead = [o for o in await self.store.lease_owners() if owner_is_dead(o)]
-        claimed = await self.store.claim_runs(self.owner, self.settings.lease_ms, dead)
+        claimed: list[str] = []
+        if take_over:
+            dead = [o for o in await self.store.lease_owners() if owner_is_dead(o)]
+            claimed = await self.store.claim_runs(self.owner, self.settings.lease_ms, dead)
         for run_id in claimed:
             await self._activate(run_id, recovering=True)
         self._lease_task = asyncio.create_task(self._renew_leases(), name="lease-renewal")
@@ -563,6 +565,9 @@ class RunActor:
                 raise start
             assert not isinstance(start, str)
             task, ctx = start
+            # The attempt is durable before the function runs: after a crash,
+            # the node runs again as attempt + 1, never as the same attempt.
+            await self.pipeline.flush()
             try:
                 if spec.timeout_ms:
                     async with asyncio.timeout(spec.timeout_ms / 1000):

@@ -35,6 +35,8 @@ class ServerConfig:
     bus_capacity: int = 16384
     flush_interval_ms: float = 2.0
     grace_s: float = 5.0
+    # Take over runs left by dead or expired owners at start (off for read-only tools).
+    take_over: bool = True
 
 
 class ControlPlane:
@@ -88,7 +90,7 @@ class ControlPlane:
         self.port = self.server.add_insecure_port(cfg.listen)
         if not self.port:
             raise OSError(f"cannot listen on {cfg.listen}")
-        await self.scheduler.start()
+        await self.scheduler.start(take_over=cfg.take_over)
         await self.server.start()
         health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -2,4 +2,4 @@
 
 from statepipe.cli import main
 
-main()
+main(prog_name="statepipe")

@@ -1,20 +1,1251 @@
-"""The ``statepipe`` command line."""
+"""The ``statepipe`` command line (docs/cli.md).
+
+Without ``--server`` (or ``STATEPIPE_SERVER``) each command runs a control
+plane inside the CLI process, on the embedded Postgres under
+``$STATEPIPE_HOME`` (statepipe/_local.py); with ``--server HOST:PORT`` it
+talks gRPC to a running server. Both go through :class:`statepipe.client.Client`.
+
+stdout carries only data (run ids, results, ``--json``); everything meant for
+a person goes to stderr. Errors are one ``error: ...`` line and a non-zero exit.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
+import contextlib
+import functools
+import json
 import logging
+import os
+import signal
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from statepipe import __version__
 
+if TYPE_CHECKING:
+    from statepipe._cli_view import OutputFile
+    from statepipe._local import LocalPlane, Registration
+    from statepipe.client import Client, Run
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Exit statuses (docs/cli.md).
+EXIT_OK = 0
+EXIT_FAILED = 1  # a run did not succeed, or the server refused (unknown run id, wrong state)
+EXIT_USAGE = 2  # unknown target, bad input, invalid spec, bad options
+EXIT_UNREACHABLE = 3  # server unreachable, or the local control plane cannot start
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+RUN_STATUSES = ("PENDING", "RUNNING", "PAUSED", "INTERRUPTED", "SUCCEEDED", "FAILED", "CANCELLED")
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+#: Set in a ``run --detach`` child: the file to write the run id to.
+DETACH_ENV = "STATEPIPE_DETACHED_ID_FILE"
+
+
+class CliError(Exception):
+    """Printed as one ``error: <message>`` line; exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# ------------------------------------------------------------------ settings
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None:
+        ctx.ensure_object(dict)[param.name] = value
+    return value
+
+
+_SERVER_HELP = (
+    "Talk gRPC to the statepipe server at this address [env STATEPIPE_SERVER]. "
+    "Without it, the CLI runs a control plane in-process on the embedded "
+    "Postgres under $STATEPIPE_HOME (~/.statepipe)."
+)
+_DATABASE_HELP = (
+    "PostgreSQL URL for the in-process control plane [env STATEPIPE_DATABASE_URL]; "
+    "default: the embedded server under $STATEPIPE_HOME."
+)
+
+
+def _connection_options(f: F) -> F:
+    """``--server`` and ``--database-url``, accepted before or after the command name."""
+    f = click.option(
+        "--database-url",
+        envvar="STATEPIPE_DATABASE_URL",
+        metavar="URL",
+        expose_value=False,
+        callback=_remember,
+        help=_DATABASE_HELP,
+    )(f)
+    f = click.option(
+        "--server",
+        envvar="STATEPIPE_SERVER",
+        metavar="HOST:PORT",
+        expose_value=False,
+        callback=_remember,
+        help=_SERVER_HELP,
+    )(f)
+    return f
+
+
+def _setting(name: str) -> str | None:
+    ctx = click.get_current_context(silent=True)
+    obj = (ctx.find_root().obj if ctx is not None else None) or {}
+    value = obj.get(name)
+    return value or None
+
+
+# -------------------------------------------------------------------- errors
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    raise CliError(message, code)
+
+
+def _unreachable(address: str, message: str) -> CliError:
+    detail = message.split(" is unavailable: ", 1)[-1]
+    for marker in ("Failed to connect to remote host: ", "last error: "):
+        if marker in detail:
+            detail = detail.rsplit(marker, 1)[-1]
+    return CliError(
+        f"cannot reach the statepipe server at {address} ({detail.strip()})", EXIT_UNREACHABLE
+    )
+
+
+def _translate(err: BaseException, address: str = "") -> CliError | None:
+    """The one-line CLI error for an exception from the client, SDK or spec code."""
+    from statepipe._convert import SpecError
+    from statepipe._local import PlaneStartError
+    from statepipe.client import StatepipeError
+
+    if isinstance(err, CliError):
+        return err
+    if isinstance(err, StatepipeError):
+        name = err.code.name
+        if name == "UNAVAILABLE":
+            return _unreachable(address or "?", err.message)
+        if name in ("INVALID_ARGUMENT", "ALREADY_EXISTS", "RESOURCE_EXHAUSTED"):
+            return CliError(err.message, EXIT_USAGE)
+        if name == "DEADLINE_EXCEEDED" and address:
+            return CliError(f"the statepipe server at {address} did not answer in time")
+        return CliError(err.message, EXIT_FAILED)
+    if isinstance(err, SpecError):
+        return CliError(f"invalid workflow spec: {err}", EXIT_USAGE)
+    if isinstance(err, PlaneStartError):
+        return CliError(f"cannot start the local control plane: {err}", EXIT_UNREACHABLE)
+    return None
+
+
+def _handle_errors(f: F) -> F:
+    """Turns known errors into one ``error:`` line on stderr and an exit status."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # gRPC's C core logs at INFO to stderr (e.g. about fork() when the
+        # embedded Postgres stops at exit); here stderr is for people. Set
+        # before grpc is first imported (statepipe imports it lazily).
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        try:
+            return f(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # stdout went away (| head): leave quietly.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_FAILED)
+        except Exception as err:
+            cli_error = _translate(err, _setting("server") or "")
+            if cli_error is None:
+                raise
+            click.echo(f"error: {cli_error.message}", err=True)
+            sys.exit(cli_error.code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- connection
+
+
+class Connection:
+    """A client, plus the in-process control plane behind it (if any)."""
+
+    def __init__(
+        self,
+        client: Client,
+        address: str,
+        *,
+        plane: LocalPlane | None = None,
+        registration: Registration | None = None,
+        remote: bool = False,
+        borrowed_pid: int | None = None,
+    ) -> None:
+        self.client = client
+        self.address = address
+        self.plane = plane
+        self.registration = registration
+        self.remote = remote
+        self.borrowed_pid = borrowed_pid  # another local statepipe process serves us
+
+    @property
+    def in_process(self) -> bool:
+        return self.plane is not None
+
+    def track(self, run_ids: list[str]) -> None:
+        """Tells other CLI processes that this one owns these runs."""
+        if self.registration is not None:
+            self.registration.add_runs(run_ids)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.registration is not None:
+            self.registration.remove()
+        if self.plane is not None:
+            self.plane.stop()
+            _exit_without_stuck_nodes()
+
+
+def _exit_without_stuck_nodes() -> None:
+    """A sync node that ignores ``ctx.cancelled`` would keep the interpreter from
+    exiting (thread pools are joined at exit): give it a moment, then leave anyway."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        stuck = [t for t in threading.enumerate() if t.name.startswith("statepipe-node")]
+        if not any(t.is_alive() for t in stuck):
+            return
+        time.sleep(0.05)
+    _hard_exit_later.set()
+
+
+_hard_exit_later = threading.Event()
+
+
+def _exit(code: int) -> NoReturn:
+    """sys.exit, or, with stuck node threads, run the exit hooks and leave at once."""
+    if _hard_exit_later.is_set():
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        atexit._run_exitfuncs()  # stops the embedded Postgres, flushes logging
+        os._exit(code)
+    sys.exit(code)
+
+
+def _ping(address: str) -> bool:
+    from statepipe.client import Client, StatepipeError
+
+    with Client(address, timeout=2.0) as probe:
+        try:
+            probe.list_runs_page(limit=1)
+        except StatepipeError:
+            return False
+    return True
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="statepipe: %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _connect(purpose: str, run_id: str | None = None) -> Connection:
+    """A connection for ``purpose``: "read", "control" or "execute".
+
+    With ``--server``: a client of that server. In-process: "read" and
+    "control" first look for a live local statepipe process serving the same
+    database (the owner of ``run_id`` preferred; a control only works there);
+    "execute" always runs its own control plane, unless a live process owns
+    ``run_id`` already.
+    """
+    from statepipe import _local
+    from statepipe.client import Client
+
+    server = _setting("server")
+    if server:
+        return Connection(Client(server), server, remote=True)
+    database_url = _setting("database_url")
+    live = _local.live_servers(database_url)
+    owners = [e for e in live if run_id and run_id in e.get("runs", ())]
+    candidates = owners if purpose in ("execute", "control") else owners + live
+    for entry in candidates:
+        if _ping(entry["address"]):
+            address = entry["address"]
+            return Connection(Client(address), address, borrowed_pid=int(entry["pid"]))
+    _configure_logging()
+    _local.load_paths()
+    if not (_local.home() / "postgres").exists() and not database_url:
+        if sys.stderr.isatty():
+            click.echo(
+                f"starting the embedded Postgres under {_local.home() / 'postgres'} "
+                "(the first time takes a few seconds)",
+                err=True,
+            )
+    # Reading must not take over runs a killed process left: their nodes would
+    # start and be cut off again when this command exits.
+    plane = _local.LocalPlane(database_url=database_url, take_over=purpose != "read")
+    registration = None
+    if purpose == "execute":
+        registration = _local.Registration(plane.address, database_url, role="run")
+        registration.add_runs(plane.owned_runs())
+    return Connection(Client(plane.address), plane.address, plane=plane, registration=registration)
+
+
+@contextlib.contextmanager
+def _connection(purpose: str, run_id: str | None = None) -> Iterator[Connection]:
+    conn = _connect(purpose, run_id)
+    try:
+        yield conn
+    except Exception as err:
+        code = getattr(getattr(err, "code", None), "name", "")
+        if conn.borrowed_pid is not None and code == "UNAVAILABLE":
+            raise CliError(
+                f"the statepipe process {conn.borrowed_pid} serving this command went away; "
+                "try again",
+                EXIT_UNREACHABLE,
+            ) from None
+        cli_error = _translate(err, conn.address if conn.remote else "")
+        if cli_error is not None and cli_error is not err:
+            raise cli_error from None
+        raise
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------- helpers
+
+
+# The input of a run started without --input (identity marks "not given").
+_DEFAULT_INPUT: dict[str, Any] = {}
+
+
+def _parse_json_input(text: str | None) -> Any:
+    if text is None:
+        return None
+    where = "--input"
+    if text.startswith("@"):
+        path = text[1:]
+        where = f"--input @{path}"
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            _fail(f"{where}: cannot read the file: {err.strerror or err}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        _fail(f"{where} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})")
+
+
+def _read_batch(path: str) -> list[tuple[int, Any]]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        _fail(f"--batch {path}: cannot read the file: {err.strerror or err}")
+    inputs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            inputs.append((number, json.loads(line)))
+        except json.JSONDecodeError as err:
+            _fail(f"{path}:{number}: not valid JSON: {err.msg} (column {err.colno})")
+    if not inputs:
+        _fail(f"--batch {path}: no inputs (one JSON value a line)")
+    return inputs
+
+
+def _parse_labels(labels: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for label in labels:
+        key, sep, value = label.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{label!r} is not KEY=VALUE", param_hint="--label")
+        out[key.strip()] = value
+    return out
+
+
+def _target_file(target: str) -> Path | None:
+    """The file a target names (``flow.py[:var]``, a spec file), if it is one."""
+    head, sep, _ = target.rpartition(":")
+    candidate = Path(head) if sep and head.endswith(".py") else Path(target)
+    if candidate.suffix in (".py", *SPEC_SUFFIXES) and candidate.is_file():
+        return candidate
+    return None
+
+
+def _load_target(target: str) -> tuple[dict[str, Any] | None, str]:
+    from statepipe._convert import SpecError, spec_to_proto
+    from statepipe.sdk import TargetError, load_target
+
+    try:
+        spec, name = load_target(target)
+        if spec is not None:
+            spec_to_proto(spec)
+    except TargetError as err:
+        _fail(str(err))
+    except SpecError as err:
+        where = "" if str(err).startswith(target) else f"{target}: "
+        _fail(f"invalid workflow spec: {where}{err}")
+    return spec, name
+
+
+def _unknown_target(target: str) -> CliError:
+    return CliError(
+        f"unknown target {target!r}: not a .py, .yaml, .yml or .json file, "
+        "and no workflow of that name is registered",
+        EXIT_USAGE,
+    )
+
+
+def _compile(spec: Any, what: str) -> Any:
+    """Validates a spec as the server would (kinds, dependencies, cycles, templates)."""
+    from control_plane.errors import StatepipeError as DomainError
+    from control_plane.plan import compile_spec
+    from executors.runners import RunnerRegistry
+    from statepipe._convert import spec_to_proto
+
+    proto = spec_to_proto(spec) if isinstance(spec, dict) else spec
+    registry = RunnerRegistry()
+    try:
+        return compile_spec(proto, registry)
+    except DomainError as err:
+        _fail(f"{what}: {err}")
+    finally:
+        registry.close()
+
+
+def _write_json(value: Any, *, indent: int | None = None) -> None:
+    from statepipe._cli_view import write_json
+
+    write_json(value, indent=indent)
+
+
+def _out(line: str) -> None:
+    from statepipe._cli_view import stdout_line
+
+    stdout_line(line)
+
+
+def _print_result(run: Run, as_json: bool) -> None:
+    """A finished run on stdout: its JSON, or its output."""
+    if as_json:
+        _write_json(run.to_dict())
+    elif run.output is not None:
+        _write_json(run.output, indent=2 if sys.stdout.isatty() else None)
+
+
+def _report(run: Run, console: Any) -> None:
+    """The one-line verdict on stderr, with a hint on what to do next."""
+    from rich.text import Text
+
+    from statepipe._cli_view import duration, span, status_text
+
+    line = Text(f"run {run.run_id} ")
+    line.append_text(status_text(run.status))
+    took = span(run.started_at, run.finished_at)
+    if took is not None and run.finished_at is not None:
+        line.append(f" in {duration(took)}")
+    if run.error:
+        line.append(f": {run.error}")
+    console.print(line)
+    if run.status in ("FAILED", "INTERRUPTED", "PAUSED"):
+        verb = "run the failed nodes again" if run.status == "FAILED" else "resume"
+        console.print(Text(f"{verb} with: statepipe resume {run.run_id}", style="dim"))
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM is handled like Ctrl-C while a run is followed."""
+
+    def raise_interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _second_interrupt_exits() -> None:
+    def leave(signum: int, frame: Any) -> None:
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, leave)
+    signal.signal(signal.SIGTERM, leave)
+
+
+def _interrupt(client: Client, run_ids: list[str], console: Any) -> list[str]:
+    """Interrupts the runs (resumable); says how to resume each."""
+    from statepipe.client import StatepipeError
+
+    interrupted = []
+    for run_id in run_ids:
+        try:
+            client.interrupt(run_id, reason="Ctrl-C in statepipe run")
+        except StatepipeError as err:
+            if err.code.name != "FAILED_PRECONDITION":  # already finished: nothing to do
+                console.print(f"could not interrupt run {run_id}: {err.message}", markup=False)
+            continue
+        interrupted.append(run_id)
+        console.print(
+            f"interrupted run {run_id}; resume with: statepipe resume {run_id}", markup=False
+        )
+    return interrupted
+
+
+# ----------------------------------------------------------------- the group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="statepipe")
+@_connection_options
 def main() -> None:
-    """Run LLM agent workflows as DAGs and watch them live."""
+    """Run LLM agent workflows as DAGs and watch them live.
+
+    \b
+      statepipe run flow.py --input '{"url": "https://example.com"}'
+      statepipe ls
+      statepipe inspect RUN_ID
+      statepipe logs RUN_ID --follow
+      statepipe resume RUN_ID
+
+    Without --server (or STATEPIPE_SERVER) every command runs the control plane
+    in-process, on the embedded PostgreSQL under $STATEPIPE_HOME (~/.statepipe),
+    so a run started today can be inspected or resumed tomorrow. With --server
+    HOST:PORT the commands talk gRPC to a running `statepipe server`; they behave
+    the same either way.
+
+    Data (run ids, results, --json) goes to stdout; progress and messages to
+    stderr. Exit status: 0 ok, 1 a run did not succeed or the server refused,
+    2 bad target/input/usage, 3 server unreachable, 130 interrupted (Ctrl-C).
+    """
+
+
+# ----------------------------------------------------------------------- run
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("target")
+@click.option(
+    "--input",
+    "input_text",
+    metavar="JSON|@FILE",
+    help="The run's input: JSON text, or @file.json to read it from a file.",
+)
+@click.option(
+    "--batch",
+    metavar="INPUTS.JSONL",
+    help="Start one run per line of this file (each line a JSON input).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=4,
+    show_default=True,
+    help="With --batch: at most this many runs at once.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    metavar="RESULTS.JSONL",
+    help="Write results as they happen: a line per finished node and per finished run.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate the workflow and input, print the plan as topological levels, run nothing.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Print every event (logs, tokens, ...).")
+@click.option(
+    "--inspect",
+    "live",
+    is_flag=True,
+    help="Show a live table of node states while it runs (on a terminal).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where nodes run. ray is not available yet.",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Label the run (repeatable); `ls` and the API filter on labels.",
+)
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Print the run id and return at once; the run goes on in the background.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print each finished run as JSON (one per line)."
+)
+@_connection_options
+@_handle_errors
+def run(
+    target: str,
+    input_text: str | None,
+    batch: str | None,
+    concurrency: int,
+    output_path: str | None,
+    dry_run: bool,
+    verbose: bool,
+    live: bool,
+    executor: str,
+    labels: tuple[str, ...],
+    detach: bool,
+    as_json: bool,
+) -> None:
+    """Run a workflow and follow it to the end.
+
+    \b
+    TARGET is one of:
+      path/flow.py[:var]       a Python file defining a statepipe Workflow
+      spec.yaml|.yml|.json     a workflow spec file
+      NAME                     a workflow registered on the server
+
+    File targets are registered (name + version) before they run. The run id is
+    printed on stdout as the run starts, and the run's output when it succeeds.
+    Exit status 0 only if every run SUCCEEDED.
+
+    Ctrl-C interrupts the run (it stays resumable) and tells how to resume it;
+    a second Ctrl-C exits at once.
+
+    In-process, the directory of a .py or spec-file target is recorded in
+    $STATEPIPE_HOME/paths.txt and put on sys.path by every later statepipe
+    command, so `statepipe resume` in a new process can import the node
+    functions again. With --server, the server must be able to import them.
+    """
+    if executor == "ray":
+        _fail("the ray executor is not available yet (use --executor local)")
+    if batch is not None and input_text is not None:
+        raise click.UsageError("give either --input or --batch, not both")
+    if batch is not None and detach:
+        raise click.UsageError("--detach cannot be combined with --batch")
+    label_map = _parse_labels(labels)
+    # Without --input a run gets {} (an empty object satisfies most input schemas).
+    single = _DEFAULT_INPUT if input_text is None else _parse_json_input(input_text)
+    inputs = _read_batch(batch) if batch is not None else [(0, single)]
+
+    spec, name = _load_target(target)
+    server = _setting("server")
+    if spec is not None and not server:
+        file = _target_file(target)
+        if file is not None:
+            from statepipe import _local
+
+            _local.remember_path(file.resolve().parent)
+
+    if dry_run:
+        checked = inputs if batch is not None or input_text is not None else []
+        _dry_run(target, spec, name, checked, batch, as_json)
+        return
+    if detach and not server and not os.environ.get(DETACH_ENV):
+        sys.exit(_spawn_detached())
+
+    from statepipe._cli_view import OutputFile, stderr_console
+
+    console = stderr_console()
+    output = OutputFile(output_path) if output_path else None
+    try:
+        with _connection("execute") as conn:
+            ref = _register(conn.client, spec, name, target, console)
+            if batch is not None:
+                if spec is None:  # validate every line before starting any run
+                    plan = _compile(conn.client.get_workflow(name).proto.spec, name)
+                else:
+                    plan = _compile(spec, target)
+                _validate_inputs(plan, inputs, batch)
+                code = _run_batch(conn, ref, inputs, label_map, concurrency, output, verbose,
+                                  as_json, console, batch)  # fmt: skip
+            else:
+                code = _run_one(conn, ref, inputs[0][1], label_map, output, verbose, live,
+                                as_json, detach, console, target)  # fmt: skip
+    finally:
+        if output is not None:
+            output.close()
+    _exit(code)
+
+
+def _register(
+    client: Client, spec: dict[str, Any] | None, name: str, target: str, console: Any
+) -> tuple[str, str | None] | dict[str, Any]:
+    """Registers a file target's workflow; what to start runs of."""
+    from statepipe.client import StatepipeError
+
+    if spec is None:
+        return (name, None)
+    try:
+        workflow = client.register_workflow(spec)
+    except StatepipeError as err:
+        if err.code.name == "ALREADY_EXISTS":
+            console.print(
+                f"warning: {err.message}; running this spec without registering it "
+                "(give it a new version to register it)",
+                markup=False,
+            )
+            return spec
+        if err.code.name == "INVALID_ARGUMENT":
+            raise CliError(f"{target}: {err.message}") from None
+        raise
+    return (workflow.name, workflow.version)
+
+
+def _start(
+    client: Client,
+    ref: tuple[str, str | None] | dict[str, Any],
+    value: Any,
+    labels: dict[str, str],
+) -> str:
+    from statepipe.client import StatepipeError
+
+    try:
+        if isinstance(ref, tuple):
+            return client.start_run(ref[0], value, version=ref[1], labels=labels)
+        return client.start_run(ref, value, labels=labels)
+    except StatepipeError as err:
+        if err.code.name == "NOT_FOUND" and isinstance(ref, tuple) and ref[1] is None:
+            raise _unknown_target(ref[0]) from None
+        if err.code.name == "INVALID_ARGUMENT" and value is _DEFAULT_INPUT:
+            raise CliError(f"{err.message} (no --input was given)") from None
+        raise
+
+
+def _validate_inputs(plan: Any, inputs: list[tuple[int, Any]], batch: str | None) -> None:
+    from control_plane.errors import StatepipeError as DomainError
+
+    for number, value in inputs:
+        try:
+            plan.validate_input(value)
+        except DomainError as err:
+            _fail(f"{batch}:{number}: {err}" if batch else str(err))
+
+
+def _dry_run(
+    target: str,
+    spec: dict[str, Any] | None,
+    name: str,
+    inputs: list[tuple[int, Any]],
+    batch: str | None,
+    as_json: bool,
+) -> None:
+    from statepipe._cli_view import levels_of
+
+    if spec is None:
+        from statepipe.client import StatepipeError
+
+        with _connection("read") as conn:
+            try:
+                proto = conn.client.get_workflow(name).proto.spec
+            except StatepipeError as err:
+                if err.code.name == "NOT_FOUND":
+                    raise _unknown_target(target) from None
+                raise
+        plan = _compile(proto, name)
+    else:
+        plan = _compile(spec, target)
+    _validate_inputs(plan, inputs, batch)
+    levels = levels_of((n.id, list(n.after)) for n in plan.spec.nodes)
+    if as_json:
+        _write_json(
+            {
+                "workflow": plan.name,
+                "version": plan.version,
+                "nodes": len(plan.spec.nodes),
+                "levels": levels,
+                "inputs_checked": len(inputs),
+            }
+        )
+        return
+    count = len(plan.spec.nodes)
+    _out(
+        f"workflow {plan.name} (version {plan.version}): {count} node{'s' * (count != 1)} "
+        f"in {len(levels)} level{'s' * (len(levels) != 1)}"
+    )
+    for index, level in enumerate(levels, 1):
+        _out(f"  level {index}: {', '.join(level)}")
+    what = f"workflow and {len(inputs)} inputs are" if batch else "workflow and input are"
+    if not inputs:
+        what = "workflow is"
+    click.echo(f"dry run: {what} valid; nothing was run", err=True)
+
+
+def _run_one(
+    conn: Connection,
+    ref: tuple[str, str | None] | dict[str, Any],
+    value: Any,
+    labels: dict[str, str],
+    output: OutputFile | None,
+    verbose: bool,
+    live: bool,
+    as_json: bool,
+    detach: bool,
+    console: Any,
+    target: str,
+) -> int:
+    client = conn.client
+    run_id = _start(client, ref, value, labels)
+    conn.track([run_id])
+    if not as_json:
+        _out(run_id)
+    _tell_detached_parent(run_id)
+    if detach:  # with --server: the server runs it
+        if as_json:
+            _write_json(client.get_run(run_id).to_dict())
+        console.print(f"follow with: statepipe logs {run_id} --follow", markup=False, style="dim")
+        return EXIT_OK
+    return _follow(conn, client.get_run(run_id), output, verbose, live, as_json, console)
+
+
+def _follow(
+    conn: Connection,
+    run: Run,
+    output: OutputFile | None,
+    verbose: bool,
+    live: bool,
+    as_json: bool,
+    console: Any,
+    *,
+    after_seq: int = 0,
+) -> int:
+    from statepipe._cli_view import Follower, RunView
+
+    view = RunView(console, verbose=verbose, live=live, total=len(run.nodes))
+    follower = Follower(conn.client, run, view, output, after_seq=after_seq)
+    view.attach(follower)
+    try:
+        with _signals_interrupt():
+            final = follower.follow()
+    except KeyboardInterrupt:
+        _second_interrupt_exits()
+        follower.stop()
+        view.close()
+        console.print("")
+        _interrupt(conn.client, [run.run_id], console)
+        if output is not None:
+            output.run(conn.client.get_run(run.run_id))
+        return EXIT_INTERRUPTED
+    finally:
+        view.close()
+    if output is not None:
+        output.run(final)
+    _report(final, console)
+    _print_result(final, as_json)
+    return EXIT_OK if final.status == "SUCCEEDED" else EXIT_FAILED
+
+
+def _run_batch(
+    conn: Connection,
+    ref: tuple[str, str | None] | dict[str, Any],
+    inputs: list[tuple[int, Any]],
+    labels: dict[str, str],
+    concurrency: int,
+    output: OutputFile | None,
+    verbose: bool,
+    as_json: bool,
+    console: Any,
+    batch: str,
+) -> int:
+    from statepipe._cli_view import BatchView, Follower
+    from statepipe.client import StatepipeError
+
+    client = conn.client
+    pending = collections.deque(inputs)
+    lock = threading.Lock()
+    stop = threading.Event()
+    followers: dict[str, Follower] = {}
+    finals: list[Run] = []
+    errors: list[str] = []
+    view = BatchView(console, len(inputs), verbose=verbose)
+
+    def finish(run: Run) -> None:
+        view.run_finished(run)
+        if output is not None:
+            output.run(run)
+        with lock:
+            finals.append(run)
+            if as_json:
+                _write_json(run.to_dict())
+
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                if not pending:
+                    return
+                number, value = pending.popleft()
+            try:
+                run_id = _start(client, ref, value, labels)
+            except (CliError, StatepipeError) as err:
+                message = err.message
+                with lock:
+                    errors.append(f"{batch}:{number}: {message}")
+                if isinstance(err, StatepipeError) and err.code.name == "UNAVAILABLE":
+                    stop.set()
+                continue
+            conn.track([run_id])
+            with lock:
+                if not as_json:
+                    _out(run_id)
+            try:
+                run = client.get_run(run_id)
+                view.run_started(run, f"{batch}:{number}")
+                follower = Follower(client, run, view, output)
+                with lock:
+                    followers[run_id] = follower
+                    stopping = stop.is_set()
+                if stopping:  # Ctrl-C came while this run was starting
+                    _interrupt(client, [run_id], console)
+                    finish(client.get_run(run_id))
+                    return
+                final = follower.follow()
+            except StatepipeError as err:
+                with lock:
+                    errors.append(f"{batch}:{number}: run {run_id}: {err.message}")
+                continue
+            finally:
+                with lock:
+                    followers.pop(run_id, None)
+            finish(final)
+
+    threads = [
+        threading.Thread(target=worker, name=f"statepipe-batch-{i}", daemon=True)
+        for i in range(min(concurrency, len(inputs)))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        with _signals_interrupt():
+            while any(t.is_alive() for t in threads):
+                for thread in threads:
+                    thread.join(0.1)
+    except KeyboardInterrupt:
+        _second_interrupt_exits()
+        stop.set()
+        with lock:
+            active = dict(followers)
+        view.close()
+        console.print("")
+        _interrupt(client, list(active), console)
+        for follower in active.values():
+            follower.stop()
+        for thread in threads:
+            thread.join(10)
+        left = len(pending)
+        if left:
+            console.print(f"{left} input{'s' * (left != 1)} of {batch} not started", markup=False)
+        return EXIT_INTERRUPTED
+    finally:
+        view.close()
+    counts = collections.Counter(run.status for run in finals)
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    console.print(f"{len(finals)} run{'s' * (len(finals) != 1)}: {summary or 'none'}", markup=False)
+    for message in errors:
+        console.print(f"error: {message}", markup=False)
+    ok = not errors and len(finals) == len(inputs) and set(counts) <= {"SUCCEEDED"}
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _tell_detached_parent(run_id: str) -> None:
+    path = os.environ.pop(DETACH_ENV, None)
+    if path:
+        tmp = Path(path + ".tmp")
+        tmp.write_text(run_id)
+        tmp.replace(path)
+
+
+def _spawn_detached() -> int:
+    """``run --detach`` in-process: the same command runs on in a background process."""
+    from statepipe import _local
+
+    logs = _local.home() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_path = logs / f"run-{stamp}-{os.getpid()}.log"
+    id_path = logs / f".detach-{os.getpid()}-{time.monotonic_ns()}.id"
+    args = [a for a in sys.argv[1:] if a != "--detach"]
+    env = dict(os.environ, **{DETACH_ENV: str(id_path)})
+    with open(log_path, "w") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "statepipe", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if id_path.exists():
+            run_id = id_path.read_text().strip()
+            id_path.unlink(missing_ok=True)
+            _out(run_id)
+            click.echo(
+                f"running in the background (pid {child.pid}, log {log_path}); "
+                f"follow with: statepipe logs {run_id} --follow",
+                err=True,
+            )
+            return EXIT_OK
+        code = child.poll()
+        if code is not None:
+            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+            errors = [ln for ln in lines if ln.startswith("error: ")]
+            message = (errors or lines or [f"the background run exited with status {code}"])[-1]
+            _fail(message.removeprefix("error: "), code or EXIT_FAILED)
+        time.sleep(0.05)
+    _fail(f"the background run did not start in time (log {log_path})", EXIT_FAILED)
+
+
+# -------------------------------------------------------------------- resume
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("run_id")
+@click.option("--verbose", "-v", is_flag=True, help="Print every event.")
+@click.option("--inspect", "live", is_flag=True, help="Show a live table of node states.")
+@click.option(
+    "--output",
+    "output_path",
+    metavar="RESULTS.JSONL",
+    help="Write a line per finished node and one for the run (as `run --output`).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the finished run as JSON.")
+@_connection_options
+@_handle_errors
+def resume(run_id: str, verbose: bool, live: bool, output_path: str | None, as_json: bool) -> None:
+    """Resume a paused, interrupted or failed run and follow it to the end.
+
+    A run left RUNNING by a CLI that was killed is taken over by this process
+    and followed. After FAILED, only the failed and skipped nodes run again;
+    succeeded nodes never run twice. Exit status 0 only if the run SUCCEEDED.
+    Ctrl-C interrupts it again.
+    """
+    from statepipe._cli_view import OutputFile, stderr_console
+
+    console = stderr_console()
+    output = OutputFile(output_path) if output_path else None
+    try:
+        with _connection("execute", run_id) as conn:
+            client = conn.client
+            run = client.get_run(run_id)
+            if run.status == "SUCCEEDED":
+                console.print(f"run {run_id} already SUCCEEDED", markup=False)
+                _print_result(run, as_json)
+                code = EXIT_OK
+            elif run.status == "CANCELLED":
+                _fail(f"run {run_id} is CANCELLED; a cancelled run cannot be resumed", EXIT_FAILED)
+            else:
+                if run.status in ("PAUSED", "INTERRUPTED", "FAILED"):
+                    client.resume(run_id, reason="statepipe resume")
+                    console.print(f"resumed run {run_id} (was {run.status})", markup=False)
+                else:
+                    console.print(f"run {run_id} is {run.status}; following it", markup=False)
+                conn.track([run_id])
+                code = _follow(conn, run, output, verbose, live, as_json, console,
+                               after_seq=run.last_seq)  # fmt: skip
+    finally:
+        if output is not None:
+            output.close()
+    _exit(code)
+
+
+# ------------------------------------------------------------ inspect and ls
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("run_id")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the run as JSON (docs/json-shapes.md)."
+)
+@_connection_options
+@_handle_errors
+def inspect(run_id: str, as_json: bool) -> None:
+    """Show a run: status, times, input, output and every node's attempts and output."""
+    from statepipe._cli_view import print_run, stdout_console
+
+    with _connection("read", run_id) as conn:
+        run = conn.client.get_run(run_id)
+    if as_json:
+        _write_json(run.to_dict(), indent=2)
+    else:
+        print_run(stdout_console(), run)
+
+
+@main.command("ls", context_settings={"max_content_width": 100})
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(RUN_STATUSES, case_sensitive=False),
+    help="Only runs in this status (repeatable).",
+)
+@click.option("--workflow", "-w", metavar="NAME", help="Only runs of this workflow.")
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=20,
+    show_default=True,
+    help="Most runs to list.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of runs.")
+@_connection_options
+@_handle_errors
+def ls(statuses: tuple[str, ...], workflow: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    from statepipe._cli_view import print_runs, stdout_console
+
+    with _connection("read") as conn:
+        runs = conn.client.list_runs(
+            status=[s.upper() for s in statuses] or None, workflow=workflow, limit=limit
+        )
+    if as_json:
+        _write_json([r.to_dict() for r in runs], indent=2)
+    elif runs:
+        print_runs(stdout_console(), runs)
+    else:
+        click.echo("no runs", err=True)
+
+
+# ---------------------------------------------------------------------- logs
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the run ends.")
+@click.option(
+    "--after",
+    "after_seq",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="SEQ",
+    help="Only events after this seq.",
+)
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    metavar="KIND",
+    help="Only events of this kind: node_status, log, token, ... (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One event a line as JSON.")
+@_connection_options
+@_handle_errors
+def logs(run_id: str, follow: bool, after_seq: int, kinds: tuple[str, ...], as_json: bool) -> None:
+    """Print a run's events, one a line.
+
+    With --follow, new events are printed as they happen until the run is
+    SUCCEEDED, FAILED or CANCELLED; Ctrl-C stops following (the run goes on).
+    """
+    from statepipe._cli_view import event_line, stdout_console
+
+    console = stdout_console()
+
+    def emit(event: Any) -> None:
+        if as_json:
+            _write_json(event.to_dict())
+        else:
+            console.print(event_line(event))
+
+    with _connection("read", run_id) as conn:
+        client = conn.client
+        client.get_run(run_id)  # NOT_FOUND for an unknown run
+        if follow:
+            with client.watch(run_id, after_seq=after_seq, kinds=list(kinds) or None) as stream:
+                for event in stream:
+                    emit(event)
+            return
+        after = after_seq
+        while True:
+            page = client.list_events(run_id, after_seq=after, kinds=list(kinds) or None,
+                                      limit=1000)  # fmt: skip
+            for event in page:
+                emit(event)
+            if len(page) < 1000:
+                break
+            after = page[-1].seq
+
+
+# ------------------------------------------------------------------ controls
+
+
+def _control(action: str, run_id: str, reason: str, as_json: bool) -> None:
+    from statepipe.client import StatepipeError
+
+    with _connection("control", run_id) as conn:
+        client = conn.client
+        try:
+            run = getattr(client, action)(run_id, reason=reason)
+        except StatepipeError as err:
+            if err.code.name == "FAILED_PRECONDITION" and not conn.remote:
+                current = client.get_run(run_id).status
+                allowed = {"pause": {"RUNNING"}, "interrupt": {"RUNNING", "PAUSED"}}.get(
+                    action, {"PENDING", "RUNNING", "PAUSED", "INTERRUPTED"}
+                )
+                if current in allowed:
+                    _fail(
+                        f"run {run_id} is {current} in another statepipe process that this "
+                        "CLI cannot reach; use --server with that server's address",
+                        EXIT_FAILED,
+                    )
+            raise
+    if as_json:
+        _write_json(run.to_dict())
+    else:
+        _out(f"run {run_id} is {run.status}")
+
+
+def _control_command(action: str, doc: str) -> None:
+    @main.command(action, help=doc, context_settings={"max_content_width": 100})
+    @click.argument("run_id")
+    @click.option("--reason", default="", help="Recorded with the run's status event.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+    @_connection_options
+    @_handle_errors
+    def command(run_id: str, reason: str, as_json: bool) -> None:
+        _control(action, run_id, reason, as_json)
+
+
+_control_command(
+    "pause",
+    "Pause a running run: no new node starts, nodes in flight finish.\n\n"
+    "Resume it with `statepipe resume RUN_ID`.",
+)
+_control_command(
+    "interrupt",
+    "Interrupt a run now: nodes in flight are cancelled and will run again on resume.\n\n"
+    "The run stays resumable: `statepipe resume RUN_ID`.",
+)
+_control_command(
+    "cancel",
+    "Cancel a run for good: nodes in flight are cancelled, nothing more runs.",
+)
+
+
+# -------------------------------------------------------------------- server
 
 
 @main.command()
@@ -62,3 +1293,97 @@ def server(listen: str, database_url: str | None, max_concurrency: int, log_leve
         asyncio.run(serve(config))
     except OSError as err:
         raise click.ClickException(str(err)) from None
+
+
+# ------------------------------------------------------------------------ up
+
+
+def _examples_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "examples"
+
+
+def _register_examples(client: Client, verbose: bool) -> tuple[list[str], list[str]]:
+    """Registers every workflow under examples/; returns (registered, skipped)."""
+    from statepipe import _local
+    from statepipe.sdk import load_target
+
+    directory = _examples_dir()
+    if not directory.is_dir():
+        return [], []
+    _local.remember_path(directory)
+    registered, skipped = [], []
+    for path in sorted(directory.iterdir()):
+        if path.suffix not in (".py", *SPEC_SUFFIXES) or path.name.startswith(("_", ".")):
+            continue
+        try:
+            spec, _ = load_target(str(path))
+            if spec is None:
+                raise ValueError("not a workflow")
+            workflow = client.register_workflow(spec)
+        except Exception as err:
+            skipped.append(f"{path.name}: {err}")
+            continue
+        registered.append(f"{workflow.name}@{workflow.version}")
+    return registered, skipped
+
+
+@main.command(context_settings={"max_content_width": 100})
+@click.option(
+    "--listen",
+    default="127.0.0.1:7420",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address to serve gRPC on (port 0 picks a free port).",
+)
+@click.option(
+    "--examples/--no-examples",
+    default=True,
+    show_default=True,
+    help="Register the example workflows (examples/ of a source checkout).",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Say why an example was skipped.")
+@_connection_options
+@_handle_errors
+def up(listen: str, examples: bool, verbose: bool) -> None:
+    """Start everything on this machine: embedded Postgres, the control plane, examples.
+
+    The server listens on --listen (default 127.0.0.1:7420); other statepipe
+    commands on this machine find it by themselves, and remote ones can use
+    --server HOST:PORT. The web console is not available yet: use `statepipe
+    ls`, `inspect` and `logs` meanwhile. Ctrl-C or SIGTERM stops it; runs in
+    flight are taken over at the next start.
+    """
+    from statepipe import _local
+    from statepipe.client import Client
+
+    if _setting("server"):
+        raise click.UsageError("`up` starts its own server; --server does not apply")
+    database_url = _setting("database_url")
+    _configure_logging()
+    _local.load_paths()
+    plane = _local.LocalPlane(listen=listen, database_url=database_url)
+    registration = _local.Registration(plane.address, database_url, role="up")
+    stop = threading.Event()
+    try:
+        with Client(plane.address) as client:
+            if examples:
+                registered, skipped = _register_examples(client, verbose)
+                if registered:
+                    click.echo(f"registered examples: {', '.join(registered)}", err=True)
+                for line in skipped if verbose else ():
+                    click.echo(f"skipped example {line}", err=True)
+        _out(f"statepipe server listening on {plane.address}")
+        click.echo(
+            "the web console is not available yet: use statepipe ls / inspect / logs "
+            f"(or --server {plane.address} from elsewhere). Ctrl-C stops.",
+            err=True,
+        )
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            registration.add_runs(plane.owned_runs())
+    finally:
+        registration.remove()
+        plane.stop()
+    _exit_without_stuck_nodes()
+    _exit(EXIT_OK)
