@@ -565,9 +565,6 @@ class RunActor:
                 raise start
             assert not isinstance(start, str)
             task, ctx = start
-            # The attempt is durable before the function runs: after a crash,
-            # the node runs again as attempt + 1, never as the same attempt.
-            await self.pipeline.flush()
             try:
                 if spec.timeout_ms:
                     async with asyncio.timeout(spec.timeout_ms / 1000):

@@ -126,12 +126,17 @@ def test_sigkill_mid_run_then_restart_finishes_the_run(
     twice = [n for n, count in runs.items() if count > 1]
     assert set(twice) <= succeeded_before
     assert len(twice) <= 20
-    for node_id in twice:  # a node cut off by the kill runs again as attempt + 1
-        attempts = [
-            int(line.split()[0]) for line in (marks / f"{node_id}.runs").read_text().splitlines()
-        ]
-        assert attempts == [1, 2], (node_id, attempts)
-        assert run.node(node_id).attempt == 2
+    attempts = {
+        n: [int(line.split()[0]) for line in (marks / f"{n}.runs").read_text().splitlines()]
+        for n in twice
+    }
+    for node_id, tries in attempts.items():
+        # A node cut off by the kill runs again: as attempt + 1 once its RUNNING
+        # transition was committed (the usual case), with the same number if
+        # the kill came within the few milliseconds before that commit.
+        assert tries in ([1, 2], [1, 1]), (node_id, tries)
+        assert run.node(node_id).attempt == tries[-1]
+    assert [1, 2] in attempts.values(), "in-flight nodes whose start was committed: attempt + 1"
     assert any(e.kind == "log" and "taken over" in e.message for e in events)
     assert second.terminate() == 0  # SIGTERM: graceful exit
 
