@@ -614,3 +614,22 @@ def test_the_embedded_postgres_is_the_default(tmp_path: Path) -> None:
         timeout=15,
         what="the embedded Postgres to stop",
     )
+
+
+@pytest.mark.parametrize(
+    ("example", "args", "check"),
+    [
+        ("montecarlo.py", [], lambda out: abs(out["reduce"]["pi"] - 3.14159) < 0.05),
+        ("etl.yaml", [], lambda out: "report" in out),
+        ("agent.py", ["--input", '{"question": "what is 6 * 7?"}'], lambda out: bool(out)),
+    ],
+)
+def test_the_examples_run_from_the_cli(
+    env: dict[str, str], example: str, args: list[str], check: Any
+) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    result = cli(env, "run", str(examples / example), *args)
+    assert result.returncode == 0, result.stderr
+    run_id, output = result.stdout.strip().splitlines()[:2]
+    assert len(run_id) == 32
+    assert check(json.loads(output))
