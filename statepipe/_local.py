@@ -196,7 +196,9 @@ class LocalPlane:
         database_url: str | None = None,
         max_concurrency: int = 256,
         take_over: bool = True,
+        **config: Any,
     ) -> None:
+        """Starts it; `config` sets other ServerConfig fields (bus_capacity, ...)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from control_plane.server import ControlPlane, ServerConfig
@@ -206,8 +208,8 @@ class LocalPlane:
                 listen=listen,
                 database_url=database_url,
                 max_concurrency=max_concurrency,
-                grace_s=STOP_GRACE_S,
                 take_over=take_over,
+                **{"grace_s": STOP_GRACE_S, **config},
             )
         )
         self.loop = asyncio.new_event_loop()

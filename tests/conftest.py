@@ -3,12 +3,10 @@ test, real control-plane servers on loopback port 0."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -17,6 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from statepipe._local import LocalPlane
 
 TESTS = Path(__file__).resolve().parent
 # Node functions used by test workflows live in tests/support (module sp_nodes).
@@ -45,14 +45,6 @@ def pg_server() -> Iterator[str]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-async def _cancel_tasks() -> None:
-    current = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not current]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def _with_db(uri: str, name: str) -> str:
     base, _, query = uri.partition("?")
     return f"{base.rsplit('/', 1)[0]}/{name}?{query}"
@@ -69,32 +61,12 @@ def database_url(pg_server: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-class ServerThread:
-    """A real control plane on its own event loop thread, serving on port 0."""
+class ServerThread(LocalPlane):
+    """A real control plane on its own event-loop thread, serving on port 0
+    (the CLI's in-process plane, with a short grace period)."""
 
     def __init__(self, database_url: str, **config: object) -> None:
-        from control_plane.server import ControlPlane, ServerConfig
-
-        self.plane = ControlPlane(
-            ServerConfig(listen="127.0.0.1:0", database_url=database_url, **config)  # type: ignore[arg-type]
-        )
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.call(self.plane.start())
-        self.address = self.plane.address
-
-    def call(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        try:
-            self.call(self.plane.stop(grace_s=1))
-            self.call(_cancel_tasks())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
+        super().__init__(database_url=database_url, grace_s=1, **config)
 
 
 @pytest.fixture
