@@ -55,7 +55,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import core_rs
-from control_plane.server import ControlPlane, ServerConfig
+from statepipe._local import LocalPlane, PlaneStartError
 from statepipe.v1 import statepipe_pb2 as pb
 from statepipe.v1 import statepipe_pb2_grpc as pb_grpc
 
@@ -170,22 +170,15 @@ class Postgres:
 # ------------------------------------------------------------------- server
 
 
-class ServerThread:
-    """A ControlPlane on its own event loop thread (like tests/conftest.py's)."""
+class ServerThread(LocalPlane):
+    """The CLI's in-process control plane (its own event-loop thread), plus
+    what the benchmark reads off it."""
 
     def __init__(self, database_url: str) -> None:
-        self.plane = ControlPlane(ServerConfig(listen="127.0.0.1:0", database_url=database_url))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="control-plane", daemon=True
-        )
-        self.thread.start()
         try:
-            self.call(self.plane.start(), timeout=60)
-        except Exception as err:
-            self.stop()
-            raise BenchError(f"the control plane did not start: {err!r}") from err
-        self.address = self.plane.address
+            super().__init__(database_url=database_url, grace_s=1)
+        except PlaneStartError as err:
+            raise BenchError(f"the control plane did not start: {err}") from err
 
     @property
     def native_id(self) -> int | None:
@@ -198,28 +191,6 @@ class ServerThread:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise BenchError(f"the server thread did not answer within {timeout:g}s") from None
-
-    def stop(self) -> None:
-        if not self.loop.is_running():
-            return
-        try:
-            with contextlib.suppress(Exception):
-                self.call(self.plane.stop(grace_s=1), timeout=30)
-            with contextlib.suppress(Exception):
-                self.call(_cancel_tasks(), timeout=10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            if not self.thread.is_alive():
-                self.loop.close()
-
-
-async def _cancel_tasks() -> None:
-    current = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not current]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class ServerProfiler:
