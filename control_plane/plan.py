@@ -126,6 +126,10 @@ def compile_spec(spec: pb.WorkflowSpec, runners: RunnerRegistry) -> Plan:
         raise InvalidArgument(f"spec.name {spec.name!r} may hold letters, digits and _ . - / only")
     if not spec.version:
         spec.version = "1"
+    if not spec.version.isprintable() or len(spec.version) > 200:
+        raise InvalidArgument(
+            f"spec.version {spec.version!r} must be printable text of at most 200 characters"
+        )
 
     validator = None
     if spec.input_schema.ByteSize():

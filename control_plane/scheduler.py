@@ -28,7 +28,7 @@ from control_plane.expressions import ExpressionError, evaluate, render
 from control_plane.hooks import Hooks
 from control_plane.pipeline import EventPipeline
 from control_plane.plan import Plan, compile_spec, retry_delay_ms
-from control_plane.store import NodeRow, RunRow, Store, now
+from control_plane.store import NodeRow, RunRow, Store, now, without_nul
 from executors.base import Executor, NodeContext, NodeTask
 from executors.runners import RunnerRegistry
 from statepipe.v1 import statepipe_pb2 as pb
@@ -62,7 +62,7 @@ def owner_is_dead(owner: str) -> bool:
 def json_safe(value: Any, what: str) -> Any:
     """The value as plain JSON, or a clear error."""
     try:
-        return json.loads(json.dumps(value))
+        return without_nul(json.loads(json.dumps(value)))
     except (TypeError, ValueError) as err:
         raise TypeError(f"{what} is not JSON-serializable: {err}") from None
 
@@ -204,6 +204,9 @@ class Scheduler:
         idempotency_key: str = "",
         labels: dict[str, str] | None = None,
     ) -> tuple[RunRow, bool]:
+        run_input = without_nul(run_input)
+        labels = without_nul(labels) if labels else labels
+        idempotency_key = without_nul(idempotency_key)
         plan.validate_input(run_input)
         if idempotency_key:
             async with self._locks[f"key:{idempotency_key}"]:
@@ -612,7 +615,7 @@ class RunActor:
 
     async def _failed(self, node: NodeRow, message: str, retry: bool) -> None:
         spec = self.plan.nodes[node.node_id].spec
-        node.error = message
+        node.error = without_nul(message)
         node.finished_at = now()
         if retry and node.attempt < spec.retry.max_attempts and self.run.status != "CANCELLED":
             delay_ms = retry_delay_ms(spec.retry, node.attempt, random.random())

@@ -33,8 +33,24 @@ def now() -> dt.datetime:
     return dt.datetime.now(UTC)
 
 
+def without_nul(value: Any) -> Any:
+    """The value with every NUL character replaced by U+FFFD, in strings and keys.
+
+    PostgreSQL text and jsonb cannot hold NUL: one such value would fail its
+    whole batch, again and again. Callers clean data where it enters; the
+    store cleans again before writing.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def _jsonb(value: Any) -> Jsonb | None:
-    return None if value is None else Jsonb(value)
+    return None if value is None else Jsonb(without_nul(value))
 
 
 @dataclasses.dataclass
@@ -108,11 +124,17 @@ _JSON_NODE = {"input", "output", "usage"}
 
 
 def _run_values(row: RunRow, columns: Sequence[str]) -> list[Any]:
-    return [_jsonb(getattr(row, c)) if c in _JSON_RUN else getattr(row, c) for c in columns]
+    return [
+        _jsonb(getattr(row, c)) if c in _JSON_RUN else without_nul(getattr(row, c))
+        for c in columns
+    ]
 
 
 def _node_values(row: NodeRow, columns: Sequence[str]) -> list[Any]:
-    return [_jsonb(getattr(row, c)) if c in _JSON_NODE else getattr(row, c) for c in columns]
+    return [
+        _jsonb(getattr(row, c)) if c in _JSON_NODE else without_nul(getattr(row, c))
+        for c in columns
+    ]
 
 
 @dataclasses.dataclass
@@ -219,7 +241,7 @@ class Store:
             cur = await conn.execute(
                 "INSERT INTO workflows (name, version, spec, spec_json) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (name, version) DO NOTHING RETURNING created_at",
-                (name, version, spec, Jsonb(spec_json)),
+                (name, version, spec, _jsonb(spec_json)),
             )
             row = await cur.fetchone()
             if row is not None:
@@ -501,9 +523,9 @@ class Store:
 def _node_copy_values(node: NodeRow) -> list[Any]:
     # COPY in text format takes JSON as text.
     return [
-        json.dumps(getattr(node, c))
+        json.dumps(without_nul(getattr(node, c)))
         if c in _JSON_NODE and getattr(node, c) is not None
-        else getattr(node, c)
+        else without_nul(getattr(node, c))
         for c in NODE_COLUMNS
     ]
 

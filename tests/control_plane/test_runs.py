@@ -382,3 +382,31 @@ def test_a_function_without_ctx(client: Client) -> None:
     node = py("plain", "no_ctx", args={"a": 6, "b": 7}, params={"pass_ctx": False})
     run = client.wait(client.start_run({"name": "plain", "nodes": [node]}), timeout=30)
     assert run.status == "SUCCEEDED" and run.node("plain").output == 42
+
+
+def test_nul_characters_do_not_wedge_the_writer(client: Client) -> None:
+    run = client.wait(
+        client.start_run(
+            {"name": "nul", "nodes": [py("out", "nul_output"), py("err", "nul_error")]},
+            {"note": "x\x00y"},
+        ),
+        timeout=30,
+    )
+    assert run.status == "FAILED"
+    assert run.node("out").status == "SUCCEEDED"
+    assert run.node("out").output == {"text": "a\ufffdb", "k\ufffd": "v"}
+    assert run.node("err").error == "ValueError: bad\ufffdbyte"
+    # The server still commits and serves.
+    again = client.wait(client.start_run({"name": "after-nul", "nodes": [py("ok")]}), timeout=30)
+    assert again.status == "SUCCEEDED"
+
+
+def test_a_version_with_control_characters_is_refused(client: Client) -> None:
+    with pytest.raises(StatepipeError) as err:
+        client.register_workflow({"name": "v", "version": "1\x00", "nodes": [py("a")]})
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spec.version" in err.value.message
+    workflow = client.register_workflow(
+        {"name": "v", "nodes": [py("a")], "metadata": {"note": "x\x00y"}}
+    )
+    assert workflow.version == "1"

@@ -169,3 +169,12 @@ class Plugin:
 def no_ctx(a: int, b: int = 1) -> int:
     """A node function without ctx (params.pass_ctx: false)."""
     return a * b
+
+
+def nul_output(ctx: Any) -> dict[str, str]:
+    """Returns text PostgreSQL cannot store as is (a NUL character)."""
+    return {"text": "a\x00b", "k\x00": "v"}
+
+
+def nul_error(ctx: Any) -> None:
+    raise ValueError("bad\x00byte")
