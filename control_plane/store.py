@@ -125,8 +125,7 @@ _JSON_NODE = {"input", "output", "usage"}
 
 def _run_values(row: RunRow, columns: Sequence[str]) -> list[Any]:
     return [
-        _jsonb(getattr(row, c)) if c in _JSON_RUN else without_nul(getattr(row, c))
-        for c in columns
+        _jsonb(getattr(row, c)) if c in _JSON_RUN else without_nul(getattr(row, c)) for c in columns
     ]
 
 
