@@ -256,7 +256,11 @@ class Scheduler:
         actor.begin(first_time=True)
         return run
 
-    async def _activate(self, run_id: str, *, recovering: bool = False) -> RunActor:
+    async def _activate(
+        self, run_id: str, *, recovering: bool = False, start: bool = True
+    ) -> RunActor:
+        """Loads a stored run into an actor; `start=False` leaves it idle (for a
+        control such as cancel that needs its state but must not dispatch)."""
         run = await self.store.get_run(run_id)
         if run is None:
             raise NotFound(f"run {run_id!r} not found")
@@ -272,7 +276,8 @@ class Scheduler:
                 level="warning",
                 message=f"run taken over by {self.owner} after its owner stopped",
             )
-        actor.begin(first_time=False)
+        if start:
+            actor.begin(first_time=False)
         return actor
 
     async def run_snapshot(self, run_id: str) -> tuple[RunRow, list[NodeRow]]:
@@ -310,7 +315,7 @@ class Scheduler:
                     actor = await self._activate(run_id)
                 elif action == "cancel" and run.status not in FINAL_RUN:
                     # A paused or interrupted run that no actor holds.
-                    actor = await self._activate_idle(run_id)
+                    actor = await self._activate(run_id, start=False)
                 else:
                     raise FailedPrecondition(_refusal(run_id, action, run.status))
             await actor.apply(action, node_id=node_id, reason=reason)
@@ -318,16 +323,6 @@ class Scheduler:
             snapshot = dataclasses.replace(actor.run, node_counts=dict(actor.run.node_counts))
             await self.pipeline.flush()
             return snapshot
-
-    async def _activate_idle(self, run_id: str) -> RunActor:
-        run = await self.store.get_run(run_id)
-        assert run is not None
-        nodes = await self.store.get_nodes(run_id)
-        plan = self.plan_for(run.spec)
-        self.pipeline.open_run(run_id, max(run.last_seq, await self.store.max_seq(run_id)))
-        actor = RunActor(self, plan, run, {n.node_id: n for n in nodes})
-        self.actors[run_id] = actor
-        return actor
 
     async def _check_retry_node(self, run_id: str, node_id: str, run_status: str) -> None:
         nodes = {n.node_id: n for n in await self.store.get_nodes(run_id)}
