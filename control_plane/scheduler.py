@@ -19,7 +19,7 @@ import random
 import socket
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import core_rs
@@ -29,7 +29,7 @@ from control_plane.hooks import Hooks
 from control_plane.pipeline import EventPipeline
 from control_plane.plan import Plan, compile_spec, retry_delay_ms
 from control_plane.store import NodeRow, RunRow, Store, now, without_nul
-from executors.base import Executor, NodeContext, NodeTask
+from executors.base import Executor, NodeContext, NodeTask, describe_error
 from executors.runners import RunnerRegistry
 from statepipe.v1 import statepipe_pb2 as pb
 
@@ -520,7 +520,6 @@ class RunActor:
             return _NodeFailure(f"params: {err}", retry=False)
         node.attempt += 1
         node.input = params
-        node.started_at = now()
         node.finished_at = None
         node.error = ""
         task = NodeTask(
@@ -535,15 +534,24 @@ class RunActor:
                 "cpus": spec.resources.cpus,
                 "gpus": spec.resources.gpus,
                 "memory": spec.resources.memory,
-                **dict(spec.resources.custom),
+                "custom": dict(spec.resources.custom),
             },
             metadata=node_plan.metadata,
             labels=dict(spec.labels),
         )
         ctx = NodeContext(task, self._sink(node_id, node), asyncio.get_running_loop())
         self.contexts[node_id] = ctx
-        self._set_node(node, "RUNNING", data={"executor": self.scheduler.executor.name})
+        if not getattr(self.scheduler.executor, "places_nodes", False):
+            self._running(node, {})
+        # else the node stays QUEUED until the executor has a place for it
+        # (a Ray actor with the node's resources) and calls ctx.running().
         return task, ctx
+
+    def _running(self, node: NodeRow, placement: dict[str, Any]) -> None:
+        node.started_at = now()
+        self._set_node(
+            node, "RUNNING", data={"executor": self.scheduler.executor.name, **placement}
+        )
 
     async def execute(
         self, node_id: str, start: tuple[NodeTask, NodeContext] | str | _NodeFailure
@@ -564,11 +572,15 @@ class RunActor:
             assert not isinstance(start, str)
             task, ctx = start
             try:
-                if spec.timeout_ms:
-                    async with asyncio.timeout(spec.timeout_ms / 1000):
-                        result = await self.scheduler.executor.run(task, ctx)
-                else:
+                # The timeout counts from RUNNING, not from the wait for a place.
+                async with asyncio.timeout(None) as deadline:
+                    started = self._started(node, spec.timeout_ms, deadline)
+                    if node.status == "RUNNING":
+                        started({})
+                    else:
+                        ctx.on_running(started)
                     result = await self.scheduler.executor.run(task, ctx)
+                    ctx.running({})  # an executor that never said where it ran
             except TimeoutError:
                 ctx.cancel()
                 ctx.flush()
@@ -600,13 +612,24 @@ class RunActor:
             raise  # interrupt, cancel or shutdown: the control decides the status
         except Exception as err:
             retry = not isinstance(err, _NodeFailure) or err.retry
-            message = str(err) if isinstance(err, _NodeFailure) else _describe(err)
+            message = str(err) if isinstance(err, _NodeFailure) else describe_error(err)
             await self._failed(node, message, retry)
         finally:
             self.contexts.pop(node_id, None)
             if self.inflight.pop(node_id, None) is not None:
                 self.limits.release(self.plan, self.run.run_id, key)
             self.wake.set()
+
+    def _started(
+        self, node: NodeRow, timeout_ms: int, deadline: asyncio.Timeout
+    ) -> Callable[[dict[str, Any]], None]:
+        def started(placement: dict[str, Any]) -> None:
+            if node.status != "RUNNING":
+                self._running(node, placement)
+            if timeout_ms:
+                deadline.reschedule(asyncio.get_running_loop().time() + timeout_ms / 1000)
+
+        return started
 
     async def _failed(self, node: NodeRow, message: str, retry: bool) -> None:
         spec = self.plan.nodes[node.node_id].spec
@@ -868,11 +891,3 @@ class _NodeFailure(Exception):
     def __init__(self, message: str, *, retry: bool) -> None:
         super().__init__(message)
         self.retry = retry
-
-
-def _describe(err: BaseException) -> str:
-    text = str(err)
-    name = type(err).__name__
-    if name == "NodeError":
-        return text
-    return f"{name}: {text}" if text else name

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +19,7 @@ from control_plane.pipeline import EventPipeline
 from control_plane.scheduler import Scheduler, Settings
 from control_plane.service import SERVICE_NAME, Servicer, add_to_server
 from control_plane.store import Store, database_url
+from executors.base import Executor
 from executors.local import LocalExecutor
 from executors.runners import RunnerRegistry
 
@@ -37,6 +40,40 @@ class ServerConfig:
     grace_s: float = 5.0
     # Take over runs left by dead or expired owners at start (off for read-only tools).
     take_over: bool = True
+    # "local" or "ray"; None: $STATEPIPE_EXECUTOR, else ray when $RAY_ADDRESS is set.
+    executor: str | None = None
+    # The Ray cluster to join (None: $RAY_ADDRESS, else start a local one).
+    ray_address: str | None = None
+    # RayExecutor settings (pool_size, max_actors_per_shape, idle_s, infeasible_s,
+    # init_options).
+    ray: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+EXECUTORS = ("local", "ray")
+
+
+def executor_name(requested: str | None = None) -> str:
+    """The executor to use: the request, $STATEPIPE_EXECUTOR, or ray when
+    $RAY_ADDRESS is set, else local."""
+    name = requested or os.environ.get("STATEPIPE_EXECUTOR") or ""
+    if not name:
+        name = "ray" if os.environ.get("RAY_ADDRESS") else "local"
+    name = name.strip().lower()
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
+    return name
+
+
+def make_executor(config: ServerConfig, runners: RunnerRegistry) -> Executor:
+    if executor_name(config.executor) == "ray":
+        try:
+            from executors.ray_executor import RayExecutor
+        except ImportError as err:
+            raise ValueError(
+                f"the ray executor needs the ray package ({err}); pip install 'statepipe[ray]'"
+            ) from None
+        return RayExecutor(config.ray_address, **config.ray)
+    return LocalExecutor(runners)
 
 
 class ControlPlane:
@@ -65,8 +102,14 @@ class ControlPlane:
         self.pipeline = EventPipeline(self.store, bus, flush_interval_ms=cfg.flush_interval_ms)
         self.pipeline.start()
         runners = RunnerRegistry()
-        executor = LocalExecutor(runners)
-        await executor.start()
+        executor = make_executor(cfg, runners)
+        try:
+            await executor.start()
+        except BaseException:
+            await executor.close()
+            await self.pipeline.stop()
+            await self.store.close()
+            raise
         self.scheduler = Scheduler(
             self.store,
             self.pipeline,

@@ -24,6 +24,15 @@ class NodeError(Exception):
     """A node failed in a way worth a clear one-line error (not a traceback)."""
 
 
+def describe_error(err: BaseException) -> str:
+    """One line for a node's failure: a NodeError's text, else 'Type: text'."""
+    text = str(err)
+    name = type(err).__name__
+    if name == "NodeError":
+        return text
+    return f"{name}: {text}" if text else name
+
+
 class Cancelled(Exception):
     """Raised inside a sync node function by `ctx.raise_if_cancelled()`."""
 
@@ -63,7 +72,26 @@ class NodeContext:
         self._outbox: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self._outbox_lock = threading.Lock()
         self._drain_scheduled = False
+        self._on_running: Callable[[dict[str, Any]], None] | None = None
         self.usage: dict[str, float] = {}
+
+    # -- placement (executors call these on the event loop)
+    def on_running(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """The control plane's callback for `running` (set before `Executor.run`)."""
+        self._on_running = callback
+
+    def running(self, placement: dict[str, Any]) -> None:
+        """The node has a place and starts now; `placement` says where (node, actor,
+        pid). Executors with `places_nodes = True` call this once; later calls are
+        ignored."""
+        callback, self._on_running = self._on_running, None
+        if callback is not None:
+            callback(placement)
+
+    def relay(self, kind: str, fields: dict[str, Any]) -> None:
+        """Delivers an event the node produced elsewhere (another process or
+        machine), in order with the others. On the event loop only."""
+        self._sink(kind, fields)
 
     # -- cancellation
     @property
@@ -169,9 +197,15 @@ class Runner(Protocol):
 
 
 class Executor(Protocol):
-    """Where nodes run. `run` obeys asyncio cancellation (interrupts, timeouts)."""
+    """Where nodes run. `run` obeys asyncio cancellation (interrupts, timeouts).
+
+    With `places_nodes = True` the node stays QUEUED until `run` calls
+    `ctx.running(placement)`: its RUNNING event then says where it runs, and
+    its timeout counts from there. Otherwise it is RUNNING as `run` is called.
+    """
 
     name: str
+    places_nodes: bool
 
     async def start(self) -> None: ...
 

@@ -10,6 +10,7 @@ from executors.runners import RunnerRegistry
 
 class LocalExecutor:
     name = "local"
+    places_nodes = False
 
     def __init__(self, runners: RunnerRegistry) -> None:
         self.runners = runners

@@ -61,6 +61,58 @@ def database_url(pg_server: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray cluster for the session's Ray-executor servers (they join it
+    instead of starting their own); every Ray process is stopped at the end."""
+    import psutil
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        resources={"sp_slot": 2},
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="statepipe-tests",
+        logging_level="error",
+    )
+    yield
+    ray.shutdown()
+    leftovers = [
+        proc
+        for proc in psutil.Process().children(recursive=True)
+        if "ray" in " ".join(_cmdline(proc))
+    ]
+    _gone, alive = psutil.wait_procs(leftovers, timeout=10)
+    for proc in alive:
+        proc.kill()
+
+
+def _cmdline(proc: Any) -> list[str]:
+    try:
+        return proc.cmdline()
+    except Exception:  # gone already, or not ours to read
+        return []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_executors` run once on each executor."""
+    if "executor" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_executors"
+    ):
+        metafunc.parametrize("executor", ["local", "ray"], indirect=True)
+
+
+@pytest.fixture
+def executor(request: pytest.FixtureRequest) -> str:
+    """The executor of the `server` fixture: local, or ray (both for tests
+    marked `both_executors`)."""
+    name = getattr(request, "param", "local")
+    if name == "ray":
+        request.getfixturevalue("ray_session")
+    return name
+
+
 class ServerThread(LocalPlane):
     """A real control plane on its own event-loop thread, serving on port 0
     (the CLI's in-process plane, with a short grace period)."""
@@ -70,19 +122,19 @@ class ServerThread(LocalPlane):
 
 
 @pytest.fixture
-def server(database_url: str) -> Iterator[ServerThread]:
-    srv = ServerThread(database_url)
+def server(database_url: str, executor: str) -> Iterator[ServerThread]:
+    srv = ServerThread(database_url, executor=executor)
     yield srv
     srv.stop()
 
 
 @pytest.fixture
-def make_server(database_url: str) -> Iterator[Any]:
+def make_server(database_url: str, executor: str) -> Iterator[Any]:
     """Starts servers with custom ServerConfig fields; all stopped at teardown."""
     started: list[ServerThread] = []
 
     def make(**config: object) -> ServerThread:
-        srv = ServerThread(database_url, **config)
+        srv = ServerThread(database_url, **{"executor": executor, **config})
         started.append(srv)
         return srv
 

@@ -11,6 +11,9 @@ from sp_testing import py, wait_for
 
 from statepipe.client import Client, StatepipeError
 
+# Executor-level behaviour: each test runs on the local and on the Ray executor.
+pytestmark = pytest.mark.both_executors
+
 
 def runs_of(marker_dir: Path, node_id: str) -> int:
     path = marker_dir / f"{node_id}.runs"

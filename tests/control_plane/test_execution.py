@@ -18,6 +18,7 @@ from sp_testing import py, wait_for
 from statepipe.client import Client
 
 
+@pytest.mark.both_executors
 def test_a_sync_node_in_a_worker_process(client: Client) -> None:
     run = client.wait(
         client.start_run(
@@ -39,6 +40,7 @@ def test_a_sync_node_in_a_worker_process(client: Client) -> None:
     assert logs == ["from a worker process"]
 
 
+@pytest.mark.both_executors
 def test_a_sync_node_is_told_it_was_cancelled(client: Client, tmp_path: Path) -> None:
     run_id = client.start_run(
         {

@@ -13,6 +13,9 @@ from sp_testing import py
 
 from statepipe.client import Client, StatepipeError
 
+# Executor-level behaviour: each test runs on the local and on the Ray executor.
+pytestmark = pytest.mark.both_executors
+
 
 def test_a_run_executes_in_dependency_order_and_is_persisted(client: Client) -> None:
     client.register_workflow(

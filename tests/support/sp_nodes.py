@@ -178,3 +178,41 @@ def nul_output(ctx: Any) -> dict[str, str]:
 
 def nul_error(ctx: Any) -> None:
     raise ValueError("bad\x00byte")
+
+
+def where(ctx: Any) -> dict[str, Any]:
+    """Where a node runs: its pid and, on Ray, the node, actor and resources."""
+    out: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            context = ray.get_runtime_context()
+            out.update(
+                ray_node_id=context.get_node_id(),
+                ray_actor_id=context.get_actor_id(),
+                resources=context.get_assigned_resources(),
+            )
+    except ImportError:
+        pass
+    return out
+
+
+def first_attempt_hangs(ctx: Any, marker_dir: str, seconds: float = 60.0) -> dict[str, Any]:
+    """Writes <marker_dir>/<node>.<attempt>.pid; the first attempt then waits
+    (for its process to be killed), later ones return at once."""
+    (Path(marker_dir) / f"{ctx.node_id}.{ctx.attempt}.pid").write_text(str(os.getpid()))
+    if ctx.attempt == 1:
+        ctx.wait_cancelled(seconds)
+    return {"attempt": ctx.attempt, **where(ctx)}
+
+
+async def stream_then_wait(ctx: Any, marker_dir: str, tokens: int = 3) -> int:
+    """Emits tokens, then waits until <marker_dir>/<node>.go exists."""
+    for i in range(tokens):
+        ctx.token(f"t{i}")
+    go = Path(marker_dir) / f"{ctx.node_id}.go"
+    while not go.exists():
+        await asyncio.sleep(0.01)
+    ctx.token("after")
+    return tokens

@@ -1,0 +1,523 @@
+"""The Ray executor: nodes run on pools of async Ray actors across a cluster.
+
+One pool per resource shape. Nodes that ask for nothing share a few async
+actors (each runs many nodes at once: async functions on the actor's event
+loop, sync ones in its threads). A node that asks for resources (cpus, gpus,
+memory, custom) gets an actor of its own created with exactly those Ray
+resource requests, so Ray places it on a node that has them; such actors are
+kept for the next node of the same shape and let go when idle.
+
+Events travel apart from results: each actor has one streaming generator
+(`NodeWorker.events`) that carries batches of events of all its nodes, so a
+node that emits nothing costs one plain actor call. The result of a node says
+how many of its events went out on the stream and carries the rest, and the
+driver waits for the stream to catch up before it hands the result over, so
+every event lands before the node's final status.
+
+Interrupts, cancels and timeouts cancel the driver's wait and `ray.cancel`
+the actor task (the node function sees asyncio cancellation, or
+`ctx.cancelled` in a thread). A dead actor or a lost Ray node fails the node
+with a retryable error and the actor leaves its pool; the retry runs on a
+fresh actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import ray
+import ray.exceptions
+
+from executors.base import NodeContext, NodeError, NodeTask, describe_error
+from executors.runners import RunnerRegistry
+
+log = logging.getLogger(__name__)
+
+ACTOR_CONCURRENCY = 1000  # coroutines one actor runs at once (async actor)
+RAY_NAMESPACE = "statepipe"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A node's resource request, the key of its actor pool."""
+
+    cpus: float = 0.0
+    gpus: float = 0.0
+    memory: int = 0
+    custom: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def of(cls, resources: dict[str, Any]) -> Shape:
+        custom = resources.get("custom") or {}
+        return cls(
+            cpus=float(resources.get("cpus") or 0),
+            gpus=float(resources.get("gpus") or 0),
+            memory=int(resources.get("memory") or 0),
+            custom=tuple(sorted((str(k), float(v)) for k, v in custom.items() if v)),
+        )
+
+    @property
+    def exclusive(self) -> bool:
+        """A shape that asks for something gets an actor per node."""
+        return bool(self.cpus or self.gpus or self.memory or self.custom)
+
+    def ray_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus}
+        if self.memory:
+            options["memory"] = self.memory
+        if self.custom:
+            options["resources"] = dict(self.custom)
+        return options
+
+    def demand(self) -> dict[str, float]:
+        """The request in Ray's resource names, as `ray.nodes()` reports them."""
+        demand = {"CPU": self.cpus, "GPU": self.gpus, "memory": float(self.memory)}
+        demand.update(self.custom)
+        return {k: v for k, v in demand.items() if v}
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k}={v:g}" for k, v in self.demand().items()) or "no resources"
+
+
+# ------------------------------------------------------------------ the actor
+
+
+class NodeWorker:
+    """Runs nodes inside a Ray worker process (an async actor)."""
+
+    def __init__(self) -> None:
+        self._runners = RunnerRegistry()
+        self._queues: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        self._pumped: dict[int, int] = {}
+        self._have = asyncio.Event()
+        self._paths: tuple[str, ...] = ()
+
+    async def info(self) -> dict[str, Any]:
+        context = ray.get_runtime_context()
+        return {
+            "ray_node_id": context.get_node_id(),
+            "ray_actor_id": context.get_actor_id(),
+            "worker_pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+
+    async def run(
+        self, call: int, task: NodeTask, paths: tuple[str, ...]
+    ) -> tuple[str, Any, dict[str, float], int, list[tuple[str, dict[str, Any]]]]:
+        """Runs one node: (status "ok" or "error", output or message, usage,
+        events already sent on the stream, the events not sent yet)."""
+        if paths != self._paths:
+            self._paths = paths
+            sys.path.extend(p for p in paths if p not in sys.path)
+        self._pumped[call] = 0
+        loop = asyncio.get_running_loop()
+        ctx = NodeContext(task, lambda kind, fields: self._push(call, kind, fields), loop)
+        try:
+            runner = self._runners.get(task.kind)
+            if runner is None:
+                raise NodeError(
+                    f"no runner for kind {task.kind!r} on the Ray worker; "
+                    f"known: {self._runners.kinds()}"
+                )
+            outcome, value = "ok", await runner.run(task, ctx)
+        except asyncio.CancelledError:
+            ctx.cancel()  # a sync function in a thread sees ctx.cancelled
+            self._forget(call)
+            raise
+        except Exception as err:
+            outcome, value = "error", describe_error(err)
+        ctx.flush()
+        tail = self._queues.pop(call, [])
+        return outcome, value, dict(ctx.usage), self._forget(call), tail
+
+    def _forget(self, call: int) -> int:
+        self._queues.pop(call, None)
+        return self._pumped.pop(call, 0)
+
+    def _push(self, call: int, kind: str, fields: dict[str, Any]) -> None:
+        if call not in self._pumped:
+            return  # a thread of a node that was cancelled
+        queue = self._queues.get(call)
+        if queue is None:
+            queue = self._queues[call] = []
+        queue.append((kind, fields))
+        self._have.set()
+
+    async def events(self):  # a Ray streaming generator; one per actor
+        while True:
+            await self._have.wait()
+            self._have.clear()
+            if not self._queues:
+                continue
+            batch = list(self._queues.items())
+            self._queues = {}
+            for call, events in batch:
+                self._pumped[call] += len(events)
+            yield batch
+
+
+RemoteNodeWorker = ray.remote(NodeWorker)
+
+
+# ----------------------------------------------------------------- the driver
+
+
+class _Call:
+    """A node running on a worker: where its streamed events go."""
+
+    __slots__ = ("caught_up", "ctx", "received", "target")
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.received = 0
+        self.target = -1
+        self.caught_up: asyncio.Event | None = None
+
+
+class _Worker:
+    def __init__(self, actor: Any, shape: Shape) -> None:
+        self.actor = actor
+        self.shape = shape
+        self.placement: dict[str, Any] = {}
+        self.calls: dict[int, _Call] = {}
+        self.alive = True
+        self.idle_since = time.monotonic()
+        self.pump: asyncio.Task[None] | None = None
+
+
+class _Pool:
+    """Actors of one shape. Shared pools hand out the least busy actor;
+    exclusive ones one actor per node, created on demand."""
+
+    def __init__(self, executor: RayExecutor, shape: Shape, size: int) -> None:
+        self.executor = executor
+        self.shape = shape
+        self.size = size
+        self.workers: list[_Worker] = []  # ready ones
+        self.idle: list[_Worker] = []
+        self.creating = 0
+        self.waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+
+    async def acquire(self) -> _Worker:
+        if not self.shape.exclusive:
+            self.workers = [w for w in self.workers if w.alive]
+            while len(self.workers) + self.creating < self.size:
+                self._spawn()
+            if self.workers:
+                return min(self.workers, key=lambda w: len(w.calls))
+        else:
+            while self.idle:
+                worker = self.idle.pop()
+                if worker.alive:
+                    return worker
+            if self.creating < len(self.waiters) + 1 and (
+                len(self.workers) + self.creating < self.size
+            ):
+                self._spawn()
+        waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(waiter.result())  # handed over just as we were cancelled
+            elif waiter in self.waiters:
+                self.waiters.remove(waiter)
+            raise
+
+    def release(self, worker: _Worker) -> None:
+        if not worker.alive:
+            self.discard(worker)
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(worker)
+                return
+        if self.shape.exclusive:
+            worker.idle_since = time.monotonic()
+            self.idle.append(worker)
+
+    def discard(self, worker: _Worker) -> None:
+        worker.alive = False
+        if worker in self.workers:
+            self.workers.remove(worker)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        self.executor.kill(worker)
+        if self.waiters and len(self.workers) + self.creating < self.size:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self.creating += 1
+        task = asyncio.get_running_loop().create_task(self._create())
+        self.executor.background.add(task)
+        task.add_done_callback(self.executor.background.discard)
+
+    async def _create(self) -> None:
+        try:
+            worker = await self.executor.create_worker(self.shape)
+        except Exception as err:
+            self.creating -= 1
+            error = err if isinstance(err, NodeError) else NodeError(describe_error(err))
+            while self.waiters:
+                waiter = self.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(error)
+            return
+        self.creating -= 1
+        self.workers.append(worker)
+        if self.shape.exclusive:
+            self.release(worker)
+        else:
+            while self.waiters:
+                waiter = self.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(worker)
+
+    def reap(self, idle_s: float) -> None:
+        """Lets exclusive actors idle for `idle_s` go (their resources return)."""
+        cutoff = time.monotonic() - idle_s
+        for worker in [w for w in self.idle if w.idle_since <= cutoff]:
+            self.discard(worker)
+
+
+class RayExecutor:
+    """Runs nodes on Ray actors. `address` None: RAY_ADDRESS, else a new local
+    cluster (stopped again by `close`)."""
+
+    name = "ray"
+    places_nodes = True
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        pool_size: int = 2,
+        max_actors_per_shape: int = 64,
+        idle_s: float = 30.0,
+        infeasible_s: float = 30.0,
+        init_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.pool_size = max(1, pool_size)
+        self.max_actors_per_shape = max(1, max_actors_per_shape)
+        self.idle_s = idle_s
+        self.infeasible_s = infeasible_s
+        self.init_options = dict(init_options or {})
+        self.pools: dict[Shape, _Pool] = {}
+        self.background: set[asyncio.Task[Any]] = set()
+        self._calls = itertools.count(1)
+        self._owns_ray = False
+        self._reaper: asyncio.Task[None] | None = None
+        self._paths: tuple[str, ...] = ()
+        self._closed = False
+
+    # -- lifecycle
+    async def start(self) -> None:
+        if not ray.is_initialized():
+            options: dict[str, Any] = {
+                "namespace": RAY_NAMESPACE,
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": logging.WARNING,
+            }
+            options.update(self.init_options)
+            if self.address:
+                options["address"] = self.address
+            await asyncio.to_thread(ray.init, **options)
+            self._owns_ray = True
+        pool = self._pool(Shape())
+        while len(pool.workers) + pool.creating < pool.size:
+            pool._spawn()
+        await asyncio.gather(*list(self.background), return_exceptions=True)
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for task in list(self.background):
+            task.cancel()
+        for pool in self.pools.values():
+            for worker in pool.workers + pool.idle:
+                self.kill(worker)
+        self.pools.clear()
+        if self._owns_ray:
+            await asyncio.to_thread(ray.shutdown)
+
+    # -- running a node
+    async def run(self, task: NodeTask, ctx: NodeContext) -> Any:
+        if self._closed:
+            raise NodeError("the Ray executor is closed")
+        pool = self._pool(Shape.of(task.resources))
+        worker = await pool.acquire()
+        call_id = next(self._calls)
+        call = _Call(ctx)
+        worker.calls[call_id] = call
+        try:
+            ctx.running(worker.placement)
+            ref = worker.actor.run.remote(call_id, task, self._sys_path())
+            try:
+                outcome, value, usage, pumped, tail = await ref
+            except asyncio.CancelledError:
+                ray.cancel(ref)
+                raise
+            except ray.exceptions.RayActorError as err:
+                pool.discard(worker)
+                raise NodeError(self._died(worker, err)) from None
+            except ray.exceptions.RayError as err:
+                raise NodeError(_first_line(err)) from None
+            if call.received < pumped:
+                await self._catch_up(worker, call, pumped)
+            for kind, fields in tail:
+                ctx.relay(kind, fields)
+            for key, amount in usage.items():
+                ctx.usage[key] = ctx.usage.get(key, 0) + amount
+            if outcome != "ok":
+                raise NodeError(value)
+            return value
+        finally:
+            worker.calls.pop(call_id, None)
+            pool.release(worker)
+
+    async def _catch_up(self, worker: _Worker, call: _Call, pumped: int) -> None:
+        """Waits until the event stream delivered what the result says it sent."""
+        call.target = pumped
+        call.caught_up = asyncio.Event()
+        while call.received < pumped:
+            if not worker.alive:
+                raise NodeError(self._died(worker, None))
+            try:
+                async with asyncio.timeout(1.0):
+                    await call.caught_up.wait()
+            except TimeoutError:
+                continue
+
+    # -- actors
+    def _pool(self, shape: Shape) -> _Pool:
+        pool = self.pools.get(shape)
+        if pool is None:
+            size = self.max_actors_per_shape if shape.exclusive else self.pool_size
+            pool = self.pools[shape] = _Pool(self, shape, size)
+        return pool
+
+    async def create_worker(self, shape: Shape) -> _Worker:
+        options = shape.ray_options()
+        if not shape.exclusive:
+            options["scheduling_strategy"] = "SPREAD"
+        actor = RemoteNodeWorker.options(
+            max_concurrency=ACTOR_CONCURRENCY, max_restarts=0, max_task_retries=0, **options
+        ).remote()
+        worker = _Worker(actor, shape)
+        info = asyncio.wrap_future(actor.info.remote().future())
+        started = time.monotonic()
+        while True:
+            done, _ = await asyncio.wait({info}, timeout=0.5)
+            if done:
+                break
+            # Waiting for a place: free idle actors of other shapes, and give up
+            # when no node of the cluster could ever hold this shape.
+            for other in self.pools.values():
+                if other.shape != shape:
+                    other.reap(0.0)
+            if time.monotonic() - started >= self.infeasible_s and not await asyncio.to_thread(
+                _feasible, shape
+            ):
+                ray.kill(actor, no_restart=True)
+                raise NodeError(
+                    f"no node of the Ray cluster offers {shape} "
+                    f"(waited {self.infeasible_s:g} s for one)"
+                )
+        try:
+            worker.placement = await info
+        except ray.exceptions.RayError as err:
+            reason = _first_line(err)
+            raise NodeError(f"a Ray actor for {shape} failed to start: {reason}") from None
+        worker.pump = asyncio.get_running_loop().create_task(self._pump(worker))
+        return worker
+
+    async def _pump(self, worker: _Worker) -> None:
+        """Delivers a worker's event stream to the nodes it runs, in order."""
+        stream = worker.actor.events.options(num_returns="streaming").remote()
+        try:
+            async for ref in stream:
+                batch = await ref
+                for call_id, events in batch:
+                    call = worker.calls.get(call_id)
+                    if call is None:
+                        continue
+                    for kind, fields in events:
+                        call.ctx.relay(kind, fields)
+                    call.received += len(events)
+                    if call.caught_up is not None and call.received >= call.target:
+                        call.caught_up.set()
+        except asyncio.CancelledError:
+            ray.cancel(stream)
+            raise
+        except ray.exceptions.RayError:
+            worker.alive = False  # the node calls on it fail on their own
+        finally:
+            for call in worker.calls.values():
+                if call.caught_up is not None:
+                    call.caught_up.set()
+
+    def kill(self, worker: _Worker) -> None:
+        worker.alive = False
+        if worker.pump is not None:
+            worker.pump.cancel()
+        try:
+            ray.kill(worker.actor, no_restart=True)
+        except Exception:  # already gone, or Ray is shutting down
+            log.debug("ray.kill failed", exc_info=True)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.5, self.idle_s / 4))
+            for pool in list(self.pools.values()):
+                pool.reap(self.idle_s)
+
+    def _sys_path(self) -> tuple[str, ...]:
+        # Workers on this machine import node functions from where the driver does.
+        if len(self._paths) != len(sys.path):
+            cwd = os.getcwd()
+            self._paths = tuple(p or cwd for p in sys.path)
+        return self._paths
+
+    def _died(self, worker: _Worker, err: BaseException | None) -> str:
+        where = worker.placement
+        reason = _first_line(err) if err is not None else "its event stream broke"
+        return (
+            f"the Ray actor {where.get('ray_actor_id', '?')} (pid {where.get('worker_pid', '?')} "
+            f"on Ray node {str(where.get('ray_node_id', '?'))[:12]}) died: {reason}"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line[:500]
+    return type(err).__name__
+
+
+def _feasible(shape: Shape) -> bool:
+    demand = shape.demand()
+    for node in ray.nodes():
+        if node.get("Alive") and all(
+            node.get("Resources", {}).get(k, 0) >= v for k, v in demand.items()
+        ):
+            return True
+    return False
