@@ -329,7 +329,7 @@ class RayExecutor:
                 "namespace": RAY_NAMESPACE,
                 "include_dashboard": False,
                 "log_to_driver": False,
-                "logging_level": logging.WARNING,
+                "logging_level": logging.ERROR,
             }
             options.update(self.init_options)
             if self.address:
@@ -350,10 +350,14 @@ class RayExecutor:
             self._reaper.cancel()
         for task in list(self.background):
             task.cancel()
+        pumps = []
         for pool in self.pools.values():
             for worker in pool.workers + pool.idle:
                 self.kill(worker)
+                if worker.pump is not None:
+                    pumps.append(worker.pump)
         self.pools.clear()
+        await asyncio.gather(*pumps, *self.background, return_exceptions=True)
         if self._owns_ray:
             await asyncio.to_thread(ray.shutdown)
 
@@ -372,7 +376,7 @@ class RayExecutor:
             try:
                 outcome, value, usage, pumped, tail = await ref
             except asyncio.CancelledError:
-                ray.cancel(ref)
+                _cancel(ref)
                 raise
             except ray.exceptions.RayActorError as err:
                 pool.discard(worker)
@@ -464,7 +468,7 @@ class RayExecutor:
                     if call.caught_up is not None and call.received >= call.target:
                         call.caught_up.set()
         except asyncio.CancelledError:
-            ray.cancel(stream)
+            _cancel(stream)
             raise
         except ray.exceptions.RayError:
             worker.alive = False  # the node calls on it fail on their own
@@ -502,6 +506,14 @@ class RayExecutor:
             f"the Ray actor {where.get('ray_actor_id', '?')} (pid {where.get('worker_pid', '?')} "
             f"on Ray node {str(where.get('ray_node_id', '?'))[:12]}) died: {reason}"
         )
+
+
+def _cancel(ref: Any) -> None:
+    """ray.cancel, for a task that may have ended or whose actor is gone."""
+    try:
+        ray.cancel(ref)
+    except Exception:
+        log.debug("ray.cancel failed", exc_info=True)
 
 
 def _first_line(err: BaseException) -> str:

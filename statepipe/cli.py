@@ -65,8 +65,13 @@ class CliError(Exception):
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    # Kept on the root context, where _setting looks, whether the option came
+    # before or after the command name.
     if value is not None:
-        ctx.ensure_object(dict)[param.name] = value
+        root = ctx.find_root()
+        if root.obj is None:
+            root.obj = {}
+        root.obj[param.name] = value
     return value
 
 
@@ -79,6 +84,32 @@ _DATABASE_HELP = (
     "PostgreSQL URL for the in-process control plane [env STATEPIPE_DATABASE_URL]; "
     "default: the embedded server under $STATEPIPE_HOME."
 )
+
+
+_EXECUTOR_HELP = (
+    "Where nodes run: local (this process) or ray (a Ray cluster) [env STATEPIPE_EXECUTOR; "
+    "default: ray when RAY_ADDRESS is set, else local]."
+)
+
+
+def _executor_options(f: F) -> F:
+    """``--executor`` and ``--ray-address``, for commands that run nodes in-process."""
+    f = click.option(
+        "--ray-address",
+        metavar="HOST:PORT",
+        expose_value=False,
+        callback=_remember,
+        help="The Ray cluster to join [env RAY_ADDRESS]; default: start a local one.",
+    )(f)
+    f = click.option(
+        "--executor",
+        type=click.Choice(["local", "ray"], case_sensitive=False),
+        envvar="STATEPIPE_EXECUTOR",
+        expose_value=False,
+        callback=_remember,
+        help=_EXECUTOR_HELP,
+    )(f)
+    return f
 
 
 def _connection_options(f: F) -> F:
@@ -258,6 +289,30 @@ def _ping(address: str) -> bool:
     return True
 
 
+def _executor_config() -> dict[str, Any]:
+    """ServerConfig fields from --executor/--ray-address (unset: the server's defaults)."""
+    config: dict[str, Any] = {}
+    if _setting("executor"):
+        config["executor"] = _setting("executor")
+    if _setting("ray_address"):
+        config["ray_address"] = _setting("ray_address")
+        config.setdefault("executor", "ray")
+    return config
+
+
+def _no_executor_with_server(server: str) -> None:
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for name in ("executor", "ray_address"):
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            option = "--" + name.replace("_", "-")
+            _fail(
+                f"{option} applies to an in-process control plane; the server at {server} "
+                "chose its executor when it started (statepipe server --executor)"
+            )
+
+
 def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.WARNING,
@@ -280,6 +335,7 @@ def _connect(purpose: str, run_id: str | None = None) -> Connection:
 
     server = _setting("server")
     if server:
+        _no_executor_with_server(server)
         return Connection(Client(server), server, remote=True)
     database_url = _setting("database_url")
     live = _local.live_servers(database_url)
@@ -300,7 +356,9 @@ def _connect(purpose: str, run_id: str | None = None) -> Connection:
             )
     # Reading must not take over runs a killed process left: their nodes would
     # start and be cut off again when this command exits.
-    plane = _local.LocalPlane(database_url=database_url, take_over=purpose != "read")
+    plane = _local.LocalPlane(
+        database_url=database_url, take_over=purpose != "read", **_executor_config()
+    )
     registration = None
     if purpose == "execute":
         registration = _local.Registration(plane.address, database_url, role="run")
@@ -581,13 +639,7 @@ def main() -> None:
     is_flag=True,
     help="Show a live table of node states while it runs (on a terminal).",
 )
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where nodes run. ray is not available yet.",
-)
+@_executor_options
 @click.option(
     "--label",
     "labels",
@@ -614,7 +666,6 @@ def run(
     dry_run: bool,
     verbose: bool,
     live: bool,
-    executor: str,
     labels: tuple[str, ...],
     detach: bool,
     as_json: bool,
@@ -639,8 +690,6 @@ def run(
     command, so `statepipe resume` in a new process can import the node
     functions again. With --server, the server must be able to import them.
     """
-    if executor == "ray":
-        _fail("the ray executor is not available yet (use --executor local)")
     if batch is not None and input_text is not None:
         raise click.UsageError("give either --input or --batch, not both")
     if batch is not None and detach:
@@ -1032,6 +1081,7 @@ def _spawn_detached() -> int:
     help="Write a line per finished node and one for the run (as `run --output`).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the finished run as JSON.")
+@_executor_options
 @_connection_options
 @_handle_errors
 def resume(run_id: str, verbose: bool, live: bool, output_path: str | None, as_json: bool) -> None:
@@ -1270,13 +1320,31 @@ _control_command(
     help="Nodes running at once across all runs.",
 )
 @click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"], case_sensitive=False),
+    envvar="STATEPIPE_EXECUTOR",
+    help=_EXECUTOR_HELP,
+)
+@click.option(
+    "--ray-address",
+    metavar="HOST:PORT",
+    help="The Ray cluster to join [env RAY_ADDRESS]; default: start a local one.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def server(listen: str, database_url: str | None, max_concurrency: int, log_level: str) -> None:
-    """Start the control plane (gRPC API, scheduler, local executor).
+def server(
+    listen: str,
+    database_url: str | None,
+    max_concurrency: int,
+    executor: str | None,
+    ray_address: str | None,
+    log_level: str,
+) -> None:
+    """Start the control plane (gRPC API, scheduler, and the local or Ray executor).
 
     SIGTERM or Ctrl-C shuts it down gracefully; runs in flight are taken over
     at the next start.
@@ -1288,11 +1356,17 @@ def server(listen: str, database_url: str | None, max_concurrency: int, log_leve
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = ServerConfig(listen=listen, database_url=database_url, max_concurrency=max_concurrency)
+    config = ServerConfig(
+        listen=listen,
+        database_url=database_url,
+        max_concurrency=max_concurrency,
+        executor=executor or ("ray" if ray_address else None),
+        ray_address=ray_address,
+    )
     try:
         asyncio.run(serve(config))
-    except OSError as err:
-        raise click.ClickException(str(err)) from None
+    except (OSError, ValueError, ConnectionError) as err:
+        raise click.ClickException(" ".join(str(err).split())) from None
 
 
 # ------------------------------------------------------------------------ up
@@ -1342,6 +1416,7 @@ def _register_examples(client: Client, verbose: bool) -> tuple[list[str], list[s
     help="Register the example workflows (examples/ of a source checkout).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Say why an example was skipped.")
+@_executor_options
 @_connection_options
 @_handle_errors
 def up(listen: str, examples: bool, verbose: bool) -> None:
@@ -1361,7 +1436,7 @@ def up(listen: str, examples: bool, verbose: bool) -> None:
     database_url = _setting("database_url")
     _configure_logging()
     _local.load_paths()
-    plane = _local.LocalPlane(listen=listen, database_url=database_url)
+    plane = _local.LocalPlane(listen=listen, database_url=database_url, **_executor_config())
     registration = _local.Registration(plane.address, database_url, role="up")
     stop = threading.Event()
     try:

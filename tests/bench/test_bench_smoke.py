@@ -42,3 +42,21 @@ def test_bench_control_plane_quick() -> None:
     assert proc.stdout.count("(QUEUED -> RUNNING,") == 2, report
     assert proc.stdout.count("  ratio ") == 3, report
     assert "summary" in proc.stdout, report
+
+
+@pytest.mark.timeout(300)
+def test_bench_ray_quick() -> None:
+    """bench/bench_ray.py starts its own local Ray, measures both sides, stops Ray."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_ray.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    report = f"exit code {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 0, report
+    for needle in ("raw Ray actor call", "Ray executor no-op node", "x raw (", "events/s"):
+        assert needle in proc.stdout, report
+    assert "Traceback" not in proc.stderr, report
