@@ -190,3 +190,29 @@ def test_the_executor_is_chosen_by_flag_then_environment(monkeypatch: pytest.Mon
     assert executor_name("ray") == "ray"
     with pytest.raises(ValueError, match="unknown executor 'dask'; choose one of: local, ray"):
         executor_name("dask")
+
+
+def test_a_timeout_counts_from_running_not_from_the_wait_for_a_place(client: Client) -> None:
+    # Each node needs both sp_slot units of the cluster, so they run one after
+    # the other; each sleeps 0.7 s under a 1 s timeout, which the second would
+    # exceed if the wait for its place counted.
+    nodes = [
+        py(
+            name,
+            "sleep",
+            args={"seconds": 0.7, "value": name},
+            resources={"custom": {"sp_slot": 2}},
+            timeout_ms=1000,
+        )
+        for name in ("one", "two")
+    ]
+    run_id = client.start_run({"name": "queue-then-run", "nodes": nodes})
+    run = client.wait(run_id, timeout=60)
+    assert run.status == "SUCCEEDED", [n.error for n in run.nodes]
+    assert all(n.attempt == 1 for n in run.nodes)
+    statuses = [
+        (e.node_id, e.status) for e in client.list_events(run_id) if e.kind == "node_status"
+    ]
+    first, second = sorted(["one", "two"], key=lambda n: statuses.index((n, "RUNNING")))
+    # The second stayed QUEUED until the first gave the slots back.
+    assert statuses.index((first, "SUCCEEDED")) < statuses.index((second, "RUNNING"))
