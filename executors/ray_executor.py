@@ -31,6 +31,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -306,6 +307,7 @@ class RayExecutor:
         max_actors_per_shape: int = 64,
         idle_s: float = 30.0,
         infeasible_s: float = 30.0,
+        connect_timeout_s: float = 60.0,
         init_options: dict[str, Any] | None = None,
     ) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
@@ -313,6 +315,7 @@ class RayExecutor:
         self.max_actors_per_shape = max(1, max_actors_per_shape)
         self.idle_s = idle_s
         self.infeasible_s = infeasible_s
+        self.connect_timeout_s = connect_timeout_s
         self.init_options = dict(init_options or {})
         self.pools: dict[Shape, _Pool] = {}
         self.background: set[asyncio.Task[Any]] = set()
@@ -334,7 +337,8 @@ class RayExecutor:
             options.update(self.init_options)
             if self.address:
                 options["address"] = self.address
-            await asyncio.to_thread(ray.init, **options)
+                await asyncio.to_thread(_check_reachable, self.address)
+            await _init_ray(options, self.connect_timeout_s)
             self._owns_ray = True
         pool = self._pool(Shape())
         while len(pool.workers) + pool.creating < pool.size:
@@ -506,6 +510,56 @@ class RayExecutor:
             f"the Ray actor {where.get('ray_actor_id', '?')} (pid {where.get('worker_pid', '?')} "
             f"on Ray node {str(where.get('ray_node_id', '?'))[:12]}) died: {reason}"
         )
+
+
+def _check_reachable(address: str) -> None:
+    """Fails at once when nothing listens at a GCS address (ray.init would retry
+    forever)."""
+    if "://" in address or address in ("auto", "local"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"the Ray address {address!r} is not HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address} ({err.strerror or err})"
+        ) from None
+
+
+async def _init_ray(options: dict[str, Any], timeout_s: float) -> None:
+    """ray.init in a daemon thread, given up after `timeout_s` (Ray itself
+    retries without end when the cluster does not answer)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def init() -> None:
+        try:
+            ray.init(**options)
+        except BaseException as err:  # handed to the waiting coroutine
+            loop.call_soon_threadsafe(_settle, done, err)
+        else:
+            loop.call_soon_threadsafe(_settle, done, None)
+
+    threading.Thread(target=init, name="statepipe-ray-init", daemon=True).start()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await done
+    except TimeoutError:
+        where = options.get("address") or "a new local Ray"
+        raise ConnectionError(
+            f"ray.init did not finish within {timeout_s:g} s (connecting to {where})"
+        ) from None
+
+
+def _settle(future: asyncio.Future[None], err: BaseException | None) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result(None)
+    else:
+        future.set_exception(err)
 
 
 def _cancel(ref: Any) -> None:
