@@ -70,10 +70,10 @@ def test_a_resource_the_cluster_has_twice_runs_two_nodes_at_a_time(
         py(
             f"n{i}",
             "concurrency_probe",
-            args={"marker_dir": str(tmp_path), "seconds": 0.5},
+            args={"marker_dir": str(tmp_path), "seconds": 1.5},
             resources={"custom": {"sp_slot": 1}},
         )
-        for i in range(5)
+        for i in range(4)
     ]
     run = client.wait(client.start_run({"name": "slots", "nodes": nodes}), timeout=60)
     assert run.status == "SUCCEEDED", [n.error for n in run.nodes]
@@ -194,15 +194,15 @@ def test_the_executor_is_chosen_by_flag_then_environment(monkeypatch: pytest.Mon
 
 def test_a_timeout_counts_from_running_not_from_the_wait_for_a_place(client: Client) -> None:
     # Each node needs both sp_slot units of the cluster, so they run one after
-    # the other; each sleeps 0.7 s under a 1 s timeout, which the second would
+    # the other; each sleeps 1 s under a 1.8 s timeout, which the second would
     # exceed if the wait for its place counted.
     nodes = [
         py(
             name,
             "sleep",
-            args={"seconds": 0.7, "value": name},
+            args={"seconds": 1.0, "value": name},
             resources={"custom": {"sp_slot": 2}},
-            timeout_ms=1000,
+            timeout_ms=1800,
         )
         for name in ("one", "two")
     ]
