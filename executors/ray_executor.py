@@ -260,9 +260,7 @@ class _Pool:
 
     def _spawn(self) -> None:
         self.creating += 1
-        task = asyncio.get_running_loop().create_task(self._create())
-        self.executor.background.add(task)
-        task.add_done_callback(self.executor.background.discard)
+        self.executor._in_background(self._create())
 
     async def _create(self) -> None:
         try:
@@ -308,6 +306,7 @@ class RayExecutor:
         idle_s: float = 30.0,
         infeasible_s: float = 30.0,
         connect_timeout_s: float = 60.0,
+        cancel_grace_s: float = 5.0,
         init_options: dict[str, Any] | None = None,
     ) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
@@ -316,6 +315,7 @@ class RayExecutor:
         self.idle_s = idle_s
         self.infeasible_s = infeasible_s
         self.connect_timeout_s = connect_timeout_s
+        self.cancel_grace_s = cancel_grace_s
         self.init_options = dict(init_options or {})
         self.pools: dict[Shape, _Pool] = {}
         self.background: set[asyncio.Task[Any]] = set()
@@ -374,6 +374,7 @@ class RayExecutor:
         call_id = next(self._calls)
         call = _Call(ctx)
         worker.calls[call_id] = call
+        handed_back = False
         try:
             ctx.running(worker.placement)
             ref = worker.actor.run.remote(call_id, task, self._sys_path())
@@ -381,6 +382,11 @@ class RayExecutor:
                 outcome, value, usage, pumped, tail = await ref
             except asyncio.CancelledError:
                 _cancel(ref)
+                if pool.shape.exclusive:
+                    # The actor holds the node's resources: it serves the next
+                    # node only once this one has really stopped.
+                    handed_back = True
+                    self._in_background(self._settle_cancelled(pool, worker, ref))
                 raise
             except ray.exceptions.RayActorError as err:
                 pool.discard(worker)
@@ -398,7 +404,25 @@ class RayExecutor:
             return value
         finally:
             worker.calls.pop(call_id, None)
-            pool.release(worker)
+            if not handed_back:
+                pool.release(worker)
+
+    async def _settle_cancelled(self, pool: _Pool, worker: _Worker, ref: Any) -> None:
+        """After a cancel on an actor of its own: the node function gets up to
+        `cancel_grace_s` to wind down, then the actor goes. A sync function
+        may go on in its thread whatever it was told, and the actor holds
+        resources, so it is never reused."""
+        try:
+            async with asyncio.timeout(self.cancel_grace_s):
+                await ref
+        except Exception:  # TaskCancelledError as expected, or the grace ran out
+            pass
+        pool.discard(worker)
+
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def _catch_up(self, worker: _Worker, call: _Call, pumped: int) -> None:
         """Waits until the event stream delivered what the result says it sent."""

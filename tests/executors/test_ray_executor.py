@@ -216,3 +216,23 @@ def test_a_timeout_counts_from_running_not_from_the_wait_for_a_place(client: Cli
     first, second = sorted(["one", "two"], key=lambda n: statuses.index((n, "RUNNING")))
     # The second stayed QUEUED until the first gave the slots back.
     assert statuses.index((first, "SUCCEEDED")) < statuses.index((second, "RUNNING"))
+
+
+def test_an_actor_whose_node_ignores_a_cancel_is_killed_after_the_grace(
+    make_server: Any, tmp_path: Path
+) -> None:
+    import psutil
+
+    server = make_server(ray={"cancel_grace_s": 0.5})
+    stubborn = py("s", "ignores_cancel", args={"marker_dir": str(tmp_path)}, resources={"cpus": 1})
+    with Client(server.address) as client:
+        run_id = client.start_run({"name": "stubborn", "nodes": [stubborn]})
+        pid = int(wait_for(lambda: _read(tmp_path / "s.pid"), timeout=30))
+        client.cancel(run_id)
+        assert client.get_run(run_id).node("s").status == "CANCELLED"
+        # The actor held a CPU for a function that never stops: it is killed,
+        # so the CPU goes back to the cluster.
+        wait_for(lambda: not psutil.pid_exists(pid), timeout=15)
+        again = py("again", "where", resources={"cpus": 1})
+        run = client.wait(client.start_run({"name": "after", "nodes": [again]}), timeout=60)
+        assert run.status == "SUCCEEDED" and run.node("again").output["pid"] != pid

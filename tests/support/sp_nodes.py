@@ -216,3 +216,10 @@ async def stream_then_wait(ctx: Any, marker_dir: str, tokens: int = 3) -> int:
         await asyncio.sleep(0.01)
     ctx.token("after")
     return tokens
+
+
+def ignores_cancel(ctx: Any, marker_dir: str, seconds: float = 30.0) -> str:
+    """Writes <marker_dir>/<node>.pid, then sleeps without looking at ctx.cancelled."""
+    (Path(marker_dir) / f"{ctx.node_id}.pid").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "slept"
