@@ -124,22 +124,25 @@ def _read(path: Path) -> str:
     return path.exists() and path.read_text()
 
 
+@pytest.mark.parametrize("how", ["sigkill-worker", "ray-kill-actor"])
 @pytest.mark.parametrize(
     "resources", [{}, {"custom": {"sp_slot": 1}}], ids=["shared-actor", "own-actor"]
 )
 def test_a_killed_worker_is_retried_on_a_fresh_actor(
-    client: Client, tmp_path: Path, resources: dict[str, Any]
+    client: Client, tmp_path: Path, resources: dict[str, Any], how: str
 ) -> None:
+    fn = "first_attempt_hangs" if how == "sigkill-worker" else "first_attempt_kills_its_actor"
     node = py(
         "k",
-        "first_attempt_hangs",
+        fn,
         args={"marker_dir": str(tmp_path)},
         retry={"max_attempts": 3, "backoff_ms": 10},
         resources=resources,
     )
     run_id = client.start_run({"name": "kill", "nodes": [node]})
     pid = int(wait_for(lambda: _read(tmp_path / "k.1.pid"), timeout=30))
-    os.kill(pid, signal.SIGKILL)
+    if how == "sigkill-worker":
+        os.kill(pid, signal.SIGKILL)
     run = client.wait(run_id, timeout=60)
     assert run.status == "SUCCEEDED", run.node("k").error
     out = run.node("k").output

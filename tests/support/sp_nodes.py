@@ -223,3 +223,14 @@ def ignores_cancel(ctx: Any, marker_dir: str, seconds: float = 30.0) -> str:
     (Path(marker_dir) / f"{ctx.node_id}.pid").write_text(str(os.getpid()))
     time.sleep(seconds)
     return "slept"
+
+
+def first_attempt_kills_its_actor(ctx: Any, marker_dir: str) -> dict[str, Any]:
+    """The first attempt has Ray kill the actor it runs on (ray.kill), mid-node."""
+    (Path(marker_dir) / f"{ctx.node_id}.{ctx.attempt}.pid").write_text(str(os.getpid()))
+    if ctx.attempt == 1:
+        import ray
+
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        ctx.wait_cancelled(30)
+    return {"attempt": ctx.attempt, **where(ctx)}
