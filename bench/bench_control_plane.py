@@ -174,9 +174,9 @@ class ServerThread(LocalPlane):
     """The CLI's in-process control plane (its own event-loop thread), plus
     what the benchmark reads off it."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, executor: str = "local") -> None:
         try:
-            super().__init__(database_url=database_url, grace_s=1)
+            super().__init__(database_url=database_url, grace_s=1, executor=executor)
         except PlaneStartError as err:
             raise BenchError(f"the control plane did not start: {err}") from err
 
@@ -902,6 +902,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="events section: sync node on a worker thread (spam) or async on the loop (aspam)",
     )
     parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where nodes run (ray: a local Ray started by the server; the targets are "
+        "the local executor's)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -952,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
     server: ServerThread | None = None
     try:
         pg = Postgres()
-        server = ServerThread(pg.uri)
+        server = ServerThread(pg.uri, args.executor)
         say(
             f"statepipe control plane benchmark ({'quick' if args.quick else 'full'}):"
             f" Python {platform.python_version()}, {os.cpu_count()} CPUs,"
@@ -961,7 +968,7 @@ def main(argv: list[str] | None = None) -> int:
         say(
             f"  embedded Postgres {pg.version} (fsync={pg.fsync},"
             f" synchronous_commit={pg.synchronous_commit}); server on {server.address},"
-            " client on the main thread of the same process"
+            f" {args.executor} executor, client on the main thread of the same process"
         )
         say(
             f"  load average (1 min) at start {os.getloadavg()[0]:.2f}: other work on this"

@@ -100,7 +100,6 @@ class NodeWorker:
         self._queues: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         self._pumped: dict[int, int] = {}
         self._have = asyncio.Event()
-        self._paths: tuple[str, ...] = ()
 
     async def info(self) -> dict[str, Any]:
         context = ray.get_runtime_context()
@@ -112,12 +111,12 @@ class NodeWorker:
         }
 
     async def run(
-        self, call: int, task: NodeTask, paths: tuple[str, ...]
+        self, call: int, task: NodeTask, paths: tuple[str, ...] | None
     ) -> tuple[str, Any, dict[str, float], int, list[tuple[str, dict[str, Any]]]]:
         """Runs one node: (status "ok" or "error", output or message, usage,
-        events already sent on the stream, the events not sent yet)."""
-        if paths != self._paths:
-            self._paths = paths
+        events already sent on the stream, the events not sent yet). `paths`:
+        the driver's sys.path when it changed, else None."""
+        if paths is not None:
             sys.path.extend(p for p in paths if p not in sys.path)
         self._pumped[call] = 0
         loop = asyncio.get_running_loop()
@@ -193,6 +192,7 @@ class _Worker:
         self.alive = True
         self.idle_since = time.monotonic()
         self.pump: asyncio.Task[None] | None = None
+        self.paths: tuple[str, ...] | None = None  # the sys.path it last got
 
 
 class _Pool:
@@ -320,7 +320,7 @@ class RayExecutor:
         self.pools: dict[Shape, _Pool] = {}
         self.background: set[asyncio.Task[Any]] = set()
         self._calls = itertools.count(1)
-        self._owns_ray = False
+        self._driver: _RayDriver | None = None  # set when this executor connected Ray
         self._reaper: asyncio.Task[None] | None = None
         self._paths: tuple[str, ...] = ()
         self._closed = False
@@ -338,8 +338,8 @@ class RayExecutor:
             if self.address:
                 options["address"] = self.address
                 await asyncio.to_thread(_check_reachable, self.address)
-            await _init_ray(options, self.connect_timeout_s)
-            self._owns_ray = True
+            self._driver = _RayDriver()
+            await self._driver.start(options, self.connect_timeout_s)
         pool = self._pool(Shape())
         while len(pool.workers) + pool.creating < pool.size:
             pool._spawn()
@@ -362,8 +362,8 @@ class RayExecutor:
                     pumps.append(worker.pump)
         self.pools.clear()
         await asyncio.gather(*pumps, *self.background, return_exceptions=True)
-        if self._owns_ray:
-            await asyncio.to_thread(ray.shutdown)
+        if self._driver is not None:
+            await self._driver.stop()
 
     # -- running a node
     async def run(self, task: NodeTask, ctx: NodeContext) -> Any:
@@ -377,7 +377,11 @@ class RayExecutor:
         handed_back = False
         try:
             ctx.running(worker.placement)
-            ref = worker.actor.run.remote(call_id, task, self._sys_path())
+            paths = self._sys_path()
+            # sys.path goes to a worker only when it changed since its last call.
+            fresh = paths if worker.paths is not paths else None
+            worker.paths = paths
+            ref = worker.actor.run.remote(call_id, task, fresh)
             try:
                 outcome, value, usage, pumped, tail = await ref
             except asyncio.CancelledError:
@@ -552,38 +556,55 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-async def _init_ray(options: dict[str, Any], timeout_s: float) -> None:
-    """ray.init in a daemon thread, given up after `timeout_s` (Ray itself
-    retries without end when the cluster does not answer)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+class _RayDriver:
+    """ray.init and ray.shutdown on one thread of their own that lives as long
+    as the connection: Ray ties the processes of a local cluster it starts to
+    the thread that started them (PR_SET_PDEATHSIG), so ray.init on a
+    short-lived thread would see its GCS and raylet die with that thread."""
 
-    def init() -> None:
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def start(self, options: dict[str, Any], timeout_s: float) -> None:
+        """Gives up after `timeout_s` (Ray itself retries without end when a
+        cluster does not answer)."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def settle(err: BaseException | None) -> None:
+            if ready.done():
+                return
+            if err is None:
+                ready.set_result(None)
+            else:
+                ready.set_exception(err)
+
+        def main() -> None:
+            try:
+                ray.init(**options)
+            except BaseException as err:  # handed to the waiting coroutine
+                loop.call_soon_threadsafe(settle, err)
+                return
+            loop.call_soon_threadsafe(settle, None)
+            self._stop.wait()
+            ray.shutdown()
+
+        self._thread = threading.Thread(target=main, name="statepipe-ray-driver", daemon=True)
+        self._thread.start()
         try:
-            ray.init(**options)
-        except BaseException as err:  # handed to the waiting coroutine
-            loop.call_soon_threadsafe(_settle, done, err)
-        else:
-            loop.call_soon_threadsafe(_settle, done, None)
+            async with asyncio.timeout(timeout_s):
+                await ready
+        except TimeoutError:
+            where = options.get("address") or "a new local Ray"
+            raise ConnectionError(
+                f"ray.init did not finish within {timeout_s:g} s (connecting to {where})"
+            ) from None
 
-    threading.Thread(target=init, name="statepipe-ray-init", daemon=True).start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            await done
-    except TimeoutError:
-        where = options.get("address") or "a new local Ray"
-        raise ConnectionError(
-            f"ray.init did not finish within {timeout_s:g} s (connecting to {where})"
-        ) from None
-
-
-def _settle(future: asyncio.Future[None], err: BaseException | None) -> None:
-    if future.done():
-        return
-    if err is None:
-        future.set_result(None)
-    else:
-        future.set_exception(err)
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 60)
 
 
 def _cancel(ref: Any) -> None:

@@ -642,3 +642,40 @@ def test_the_examples_run_from_the_cli(
     run_id, output = result.stdout.strip().splitlines()[:2]
     assert len(run_id) == 32
     assert check(json.loads(output))
+
+
+def _ray_processes_since(t0: float) -> list[Any]:
+    """Ray daemons and workers created since t0 that are not this test process's."""
+    import psutil
+
+    mine = {p.pid for p in psutil.Process().children(recursive=True)}
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline", "create_time"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+            if (
+                proc.info["create_time"] >= t0
+                and proc.pid not in mine
+                and ("raylet" in text or "gcs_server" in text or "ray::" in text)
+            ):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_run_on_a_local_ray_it_starts_and_stops(env: dict[str, str]) -> None:
+    t0 = time.time() - 1
+    env = {k: v for k, v in env.items() if k not in ("RAY_ADDRESS", "STATEPIPE_EXECUTOR")}
+    montecarlo = Path(__file__).resolve().parents[2] / "examples" / "montecarlo.py"
+    result = ok(cli(env, "run", str(montecarlo), "--executor", "ray",
+                    "--json", timeout=180))  # fmt: skip
+    run = json.loads(result.stdout)
+    assert run["status"] == "SUCCEEDED" and 3.0 < run["output"]["reduce"]["pi"] < 3.3
+    lines = [json.loads(line) for line in ok(cli(env, "logs", run["run_id"], "--json")).stdout
+             .splitlines()]  # fmt: skip
+    running = [e for e in lines if e["kind"] == "node_status" and e["status"] == "RUNNING"]
+    assert running and all(e["data"]["executor"] == "ray" for e in running)
+    assert all(e["data"]["worker_pid"] > 0 and e["data"]["ray_actor_id"] for e in running)
+    # The Ray it started is gone with it.
+    wait_until(lambda: not _ray_processes_since(t0), timeout=30, what="Ray processes to exit")
