@@ -458,6 +458,7 @@ class RayExecutor:
         ).remote()
         worker = _Worker(actor, shape)
         info = asyncio.wrap_future(actor.info.remote().future())
+        info.add_done_callback(_retrieved)  # an abandoned actor's error is no news
         started = time.monotonic()
         while True:
             done, _ = await asyncio.wait({info}, timeout=0.5)
@@ -605,6 +606,11 @@ class _RayDriver:
         self._stop.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 60)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _cancel(ref: Any) -> None:
