@@ -1,7 +1,8 @@
-"""Smoke test: bench/bench_control_plane.py runs end to end at --quick sizes.
+"""Smoke tests: the benchmarks run end to end at --quick sizes.
 
-It starts its own embedded Postgres and control plane. Only the exit code and
-the presence of each section's lines are checked, never a timing.
+bench_control_plane.py starts its own embedded Postgres and control plane,
+bench_ray.py its own local Ray. Only the exit code and the presence of each
+section's lines are checked, never a timing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "bench_control_plane.py"
 
 # Each section's header and the figure line it must print.
 EXPECTED = {
@@ -24,10 +24,10 @@ EXPECTED = {
 }
 
 
-@pytest.mark.timeout(300)
-def test_bench_control_plane_quick() -> None:
+def run_bench(script: str, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Runs bench/<script> --quick; asserts it exits 0; returns it and a report."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--hard-timeout", "240"],
+        [sys.executable, str(ROOT / "bench" / script), "--quick", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -36,6 +36,12 @@ def test_bench_control_plane_quick() -> None:
     )
     report = f"exit code {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     assert proc.returncode == 0, report
+    return proc, report
+
+
+@pytest.mark.timeout(300)
+def test_bench_control_plane_quick() -> None:
+    proc, report = run_bench("bench_control_plane.py", "--hard-timeout", "240")
     for section, needles in EXPECTED.items():
         for needle in needles:
             assert needle in proc.stdout, f"section {section}: no {needle!r}\n{report}"
@@ -47,16 +53,7 @@ def test_bench_control_plane_quick() -> None:
 @pytest.mark.timeout(300)
 def test_bench_ray_quick() -> None:
     """bench/bench_ray.py starts its own local Ray, measures both sides, stops Ray."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_ray.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    report = f"exit code {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-    assert proc.returncode == 0, report
+    proc, report = run_bench("bench_ray.py")
     for needle in ("raw Ray actor call", "Ray executor no-op node", "x raw (", "events/s"):
         assert needle in proc.stdout, report
     assert "Traceback" not in proc.stderr, report

@@ -5,13 +5,12 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sp_testing import spawn_server
 
 from statepipe.client import Client
 
@@ -22,29 +21,12 @@ class ServerProcess:
     def __init__(self, database_url: str | None, home: Path, *, via_env: bool = False) -> None:
         env = dict(os.environ, STATEPIPE_HOME=str(home))
         env.pop("STATEPIPE_DATABASE_URL", None)
-        args = [
-            sys.executable,
-            "-m",
-            "statepipe",
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warning",
-        ]
+        args = ["--log-level", "warning"]
         if database_url and via_env:
             env["STATEPIPE_DATABASE_URL"] = database_url
         elif database_url:
             args += ["--database-url", database_url]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.proc.kill()
-            raise AssertionError(f"server did not start: {line!r} {self.proc.stderr.read()}")
-        self.address = line.rsplit(" ", 1)[1].strip()
+        self.proc, self.address = spawn_server(args, env)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

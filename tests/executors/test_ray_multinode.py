@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 from sp_ray import RayCluster
-from sp_testing import py, wait_for
+from sp_testing import py, spawn_server, wait_for
 
 from statepipe.client import Client
 
@@ -27,17 +26,11 @@ class Server:
 
     def __init__(self, env: dict[str, str], database_url: str, log: Path) -> None:
         self.log = log.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "statepipe", "server", "--listen", "127.0.0.1:0",
-             "--database-url", database_url, "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.proc.kill()
-            raise AssertionError(f"server did not start: {line!r} {log.read_text()}")
-        self.address = line.rsplit(" ", 1)[1].strip()
+        args = ["--database-url", database_url, "--log-level", "warning"]
+        try:
+            self.proc, self.address = spawn_server(args, env, stderr=self.log)
+        except AssertionError as err:
+            raise AssertionError(f"{err} {log.read_text()}") from None
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 
 def py(
@@ -28,3 +30,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
             return value
         time.sleep(interval)
     raise AssertionError("condition not reached in time")
+
+
+def spawn_server(
+    args: list[str], env: dict[str, str], stderr: int | IO[str] = subprocess.PIPE
+) -> tuple[subprocess.Popen[str], str]:
+    """`python -m statepipe server --listen 127.0.0.1:0 <args>` as a child
+    process; returns it and the address it listens on, once it does."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "statepipe", "server", "--listen", "127.0.0.1:0", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        detail = proc.stderr.read() if proc.stderr is not None else ""
+        raise AssertionError(f"server did not start: {line!r} {detail}")
+    return proc, line.rsplit(" ", 1)[1].strip()
