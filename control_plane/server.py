@@ -44,8 +44,8 @@ class ServerConfig:
     executor: str | None = None
     # The Ray cluster to join (None: $RAY_ADDRESS, else start a local one).
     ray_address: str | None = None
-    # RayExecutor settings (pool_size, max_actors_per_shape, idle_s, infeasible_s,
-    # init_options).
+    # RayExecutor keyword arguments: pool_size, max_actors_per_shape, idle_s,
+    # infeasible_s, connect_timeout_s, cancel_grace_s, init_options (docs/ray.md).
     ray: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
