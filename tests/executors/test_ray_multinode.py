@@ -134,3 +134,47 @@ def test_losing_the_ray_node_with_the_resource_retries_elsewhere_or_fails_cleanl
 
 def _read(path: Path) -> str:
     return path.exists() and path.read_text()
+
+
+@pytest.mark.timeout(240)
+def test_a_control_plane_killed_mid_run_takes_its_actors_along_and_the_next_finishes(
+    cluster: RayCluster, database_url: str, tmp_path: Path
+) -> None:
+    cluster.start_head(num_cpus=2)
+    env = cluster.driver_env()
+    env.pop("STATEPIPE_EXECUTOR", None)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    nodes = [py(f"n{i}", "first_attempt_hangs", args={"marker_dir": str(marks)}) for i in range(4)]
+    first = Server(env, database_url, tmp_path / "first.log")
+    try:
+        with Client(first.address) as client:
+            run_id = client.start_run({"name": "crash", "nodes": nodes})
+            pids = [
+                int(wait_for(lambda i=i: _read(marks / f"n{i}.1.pid"), timeout=60))
+                for i in range(4)
+            ]
+        first.proc.kill()  # SIGKILL: no graceful anything
+        first.proc.wait(10)
+    finally:
+        first.stop()
+    # Ray ends the dead driver's actors, and with them the nodes it ran.
+    wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=60)
+    second = Server(env, database_url, tmp_path / "second.log")
+    try:
+        with Client(second.address) as client:
+            run = client.wait(run_id, timeout=120)
+            assert run.status == "SUCCEEDED", [(n.node_id, n.error) for n in run.nodes]
+            assert all(n.attempt == 2 and n.output["attempt"] == 2 for n in run.nodes)
+            assert not {n.output["pid"] for n in run.nodes} & set(pids)
+            seqs = [e.seq for e in client.list_events(run_id)]
+            assert seqs == list(range(1, len(seqs) + 1))
+    finally:
+        second.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
