@@ -70,6 +70,7 @@ def ray_session() -> Iterator[None]:
 
     ray.init(
         num_cpus=4,
+        num_gpus=1,  # a logical GPU: Ray accounts for it, no hardware needed
         resources={"sp_slot": 2},
         include_dashboard=False,
         log_to_driver=False,

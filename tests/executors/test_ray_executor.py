@@ -51,6 +51,8 @@ def test_resources_become_ray_resource_requests(client: Client) -> None:
         py("cpu", "where", resources={"cpus": 1}),
         py("slot", "where", resources={"custom": {"sp_slot": 1}}),
         py("both", "where", resources={"cpus": 0.5, "custom": {"sp_slot": 0.5}}),
+        py("gpu", "where", resources={"gpus": 1}),
+        py("mem", "where", resources={"memory": 64 * 1024 * 1024}),
     ]
     run = client.wait(client.start_run({"name": "shapes", "nodes": nodes}), timeout=60)
     assert run.status == "SUCCEEDED", [n.error for n in run.nodes]
@@ -59,8 +61,10 @@ def test_resources_become_ray_resource_requests(client: Client) -> None:
     assert out["cpu"]["resources"] == {"CPU": 1.0}
     assert out["slot"]["resources"] == {"sp_slot": 1.0}
     assert out["both"]["resources"] == {"CPU": 0.5, "sp_slot": 0.5}
+    assert out["gpu"]["resources"] == {"GPU": 1.0}
+    assert out["mem"]["resources"] == {"memory": 64.0 * 1024 * 1024}
     # Each shape has actors of its own.
-    assert len({o["ray_actor_id"] for o in out.values()}) == 4
+    assert len({o["ray_actor_id"] for o in out.values()}) == len(nodes)
 
 
 def test_a_resource_the_cluster_has_twice_runs_two_nodes_at_a_time(
