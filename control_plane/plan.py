@@ -7,6 +7,7 @@ names where it is: the node, the field, the cycle.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -189,6 +190,7 @@ def compile_spec(spec: pb.WorkflowSpec, runners: RunnerRegistry) -> Plan:
             raise InvalidArgument(f"{where}: retry.jitter must be between 0 and 1")
         if node.timeout_ms < 0:
             raise InvalidArgument(f"{where}: timeout_ms must not be negative")
+        _check_resources(node.resources, where)
         when = None
         try:
             refs = template_references(params)
@@ -254,3 +256,16 @@ def retry_delay_ms(retry: pb.RetryPolicy, attempt: int, rand: float) -> int:
     if retry.jitter:
         delay = delay * (1 + retry.jitter * (2 * rand - 1))
     return max(0, int(delay))
+
+
+def _check_resources(resources: pb.Resources, where: str) -> None:
+    """Amounts a scheduler (Ray) can honour: finite, not negative, named."""
+    amounts = {"cpus": resources.cpus, "gpus": resources.gpus, "memory": resources.memory}
+    amounts.update({f"custom.{k}": v for k, v in resources.custom.items()})
+    for name, value in amounts.items():
+        if name == "custom.":
+            raise InvalidArgument(f"{where}: resources.custom names must not be empty")
+        if not math.isfinite(value) or value < 0:
+            raise InvalidArgument(
+                f"{where}: resources.{name} must be a finite amount, not negative (got {value})"
+            )

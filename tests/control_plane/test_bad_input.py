@@ -188,6 +188,22 @@ SPEC_CASES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"name": "w", "nodes": [py("a", timeout_ms=-5)]},
         ("node 'a'", "timeout_ms", "negative"),
     ),
+    "negative-cpus": (
+        {"name": "w", "nodes": [py("a", resources={"cpus": -1})]},
+        ("node 'a'", "resources.cpus", "not negative (got -1.0)"),
+    ),
+    "negative-custom-resource": (
+        {"name": "w", "nodes": [py("a", resources={"custom": {"special": -2}})]},
+        ("node 'a'", "resources.custom.special", "not negative"),
+    ),
+    "unnamed-custom-resource": (
+        {"name": "w", "nodes": [py("a", resources={"custom": {"": 1}})]},
+        ("node 'a'", "resources.custom names must not be empty"),
+    ),
+    "infinite-gpus": (
+        {"name": "w", "nodes": [py("a", resources={"gpus": "Infinity"})]},
+        ("node 'a'", "resources.gpus", "finite"),
+    ),
     "jitter-above-1": (
         {"name": "w", "nodes": [py("a", retry={"jitter": 1.5})]},
         ("node 'a'", "retry.jitter", "between 0 and 1"),
