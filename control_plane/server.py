@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -47,9 +48,29 @@ class ServerConfig:
     # RayExecutor keyword arguments: pool_size, max_actors_per_shape, idle_s,
     # infeasible_s, connect_timeout_s, cancel_grace_s, init_options (docs/ray.md).
     ray: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Freeze what start-up allocated out of the garbage collector's sight and
+    # collect the young generation less often (see tune_gc).
+    tune_gc: bool = True
 
 
 EXECUTORS = ("local", "ray")
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Keeps cyclic-GC pauses off the dispatch path.
+
+    A full collection walks every tracked object, and after start-up that is
+    mostly modules, protobuf descriptors and (with Ray) its libraries: a pass
+    took ~20 ms in the middle of dispatching 200 nodes (bench_control_plane
+    --only latency: p50 25 ms instead of 2.5 ms whenever one struck).
+    gc.freeze() moves them to the permanent generation, which no collection
+    walks; a larger young generation means fewer collections in bursts.
+    """
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, GC_GEN0_THRESHOLD), gen1, gen2)
 
 
 def executor_name(requested: str | None = None) -> str:
@@ -138,6 +159,8 @@ class ControlPlane:
         health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health = health_servicer
+        if cfg.tune_gc:
+            tune_gc()
         log.info("statepipe control plane listening on %s", self.address)
         return self.port
 

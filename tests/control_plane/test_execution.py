@@ -182,3 +182,14 @@ def test_every_api_query_has_an_index(server: Any, database_url: str, name: str)
         conn.execute("SET enable_seqscan = off")
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql).fetchall())
     assert index in plan and "Seq Scan" not in plan, plan
+
+
+def test_start_up_objects_are_frozen_out_of_the_garbage_collectors_walks(server: Any) -> None:
+    import gc
+
+    from control_plane.server import GC_GEN0_THRESHOLD
+
+    # What start-up allocated is never walked again (bench_control_plane
+    # --only latency: no 20 ms full collections in the middle of a dispatch).
+    assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold()[0] >= GC_GEN0_THRESHOLD
