@@ -54,7 +54,7 @@ class ServerConfig:
 
 
 EXECUTORS = ("local", "ray")
-GC_GEN0_THRESHOLD = 20_000
+GC_GEN0_THRESHOLD = 100_000
 
 
 def tune_gc() -> None:
