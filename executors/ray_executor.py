@@ -111,14 +111,14 @@ class NodeWorker:
         }
 
     async def run(
-        self, call: int, fields: dict[str, Any], paths: tuple[str, ...] | None
+        self, call: int, task_fields: dict[str, Any], paths: tuple[str, ...] | None
     ) -> tuple[str, Any, dict[str, float], int, list[tuple[str, dict[str, Any]]]]:
         """Runs one node: (status "ok" or "error", output or message, usage,
         events already sent on the stream, the events not sent yet). `paths`:
         the driver's sys.path when it changed, else None."""
         if paths is not None:
             sys.path.extend(p for p in paths if p not in sys.path)
-        task = NodeTask(**fields)
+        task = NodeTask(**task_fields)
         self._pumped[call] = 0
         loop = asyncio.get_running_loop()
         ctx = NodeContext(task, lambda kind, fields: self._push(call, kind, fields), loop)
