@@ -116,10 +116,17 @@ def _event_batches(frames: list[bytes], limit: int = 1 << 20) -> list[bytes]:
     return chunks
 
 
+_ONE_BYTE_HEADS = [bytes((0x0A, n)) for n in range(0x80)]
+
+
 def _frame(body: bytes) -> bytes:
     """A stored Event's bytes framed as one element of EventBatch.events:
     field 1's tag (length-delimited), the length as a varint, the bytes."""
     n = len(body)
+    if n < 0x80:
+        return _ONE_BYTE_HEADS[n] + body
+    if n < 0x4000:
+        return bytes((0x0A, (n & 0x7F) | 0x80, n >> 7)) + body
     head = bytearray(b"\x0a")
     while n >= 0x80:
         head.append((n & 0x7F) | 0x80)

@@ -393,11 +393,13 @@ class Store:
             args.append(node_id)
         args.append(limit)
         async with self.pool.connection() as conn:
+            # Binary results: bodies arrive as they are stored, not hex-encoded.
             cur = await conn.execute(
                 "SELECT seq, body FROM events WHERE "
                 + " AND ".join(where)
                 + " ORDER BY seq LIMIT %s",
                 args,
+                binary=True,
             )
             return [(seq, bytes(body)) for seq, body in await cur.fetchall()]
 
