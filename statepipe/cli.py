@@ -1319,31 +1319,14 @@ _control_command(
     show_default=True,
     help="Nodes running at once across all runs.",
 )
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "ray"], case_sensitive=False),
-    envvar="STATEPIPE_EXECUTOR",
-    help=_EXECUTOR_HELP,
-)
-@click.option(
-    "--ray-address",
-    metavar="HOST:PORT",
-    help="The Ray cluster to join [env RAY_ADDRESS]; default: start a local one.",
-)
+@_executor_options
 @click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def server(
-    listen: str,
-    database_url: str | None,
-    max_concurrency: int,
-    executor: str | None,
-    ray_address: str | None,
-    log_level: str,
-) -> None:
+def server(listen: str, database_url: str | None, max_concurrency: int, log_level: str) -> None:
     """Start the control plane (gRPC API, scheduler, and the local or Ray executor).
 
     SIGTERM or Ctrl-C shuts it down gracefully; runs in flight are taken over
@@ -1360,8 +1343,7 @@ def server(
         listen=listen,
         database_url=database_url,
         max_concurrency=max_concurrency,
-        executor=executor or ("ray" if ray_address else None),
-        ray_address=ray_address,
+        **_executor_config(),
     )
     try:
         asyncio.run(serve(config))

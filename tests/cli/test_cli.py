@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from sp_testing import layered_nodes
 
 from statepipe.cli import main
 
@@ -132,20 +133,7 @@ nodes:
 
 
 def layered_spec(tmp_path: Path, marks: Path, layers: int, width: int, seconds: float) -> str:
-    nodes = []
-    for layer in range(layers):
-        for i in range(width):
-            node: dict[str, Any] = {
-                "id": f"n{layer}_{i}",
-                "kind": "python",
-                "params": {
-                    "callable": "sp_nodes:record",
-                    "args": {"marker_dir": str(marks), "seconds": seconds},
-                },
-            }
-            if layer:
-                node["after"] = [f"n{layer - 1}_{i}"]
-            nodes.append(node)
+    nodes = layered_nodes(marks, layers, width, seconds)
     return write(tmp_path / "layered.json", {"name": "layered", "nodes": nodes})
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sp_testing import spawn_server
+from sp_testing import layered_nodes, spawn_server
 
 from statepipe.client import Client
 
@@ -48,21 +48,7 @@ def processes() -> Iterator[list[ServerProcess]]:
 
 
 def layered_spec(marker_dir: Path, layers: int, width: int, seconds: float) -> dict:
-    nodes = []
-    for layer in range(layers):
-        for i in range(width):
-            node = {
-                "id": f"n{layer}_{i}",
-                "kind": "python",
-                "params": {
-                    "callable": "sp_nodes:record",
-                    "args": {"marker_dir": str(marker_dir), "seconds": seconds},
-                },
-            }
-            if layer:
-                node["after"] = [f"n{layer - 1}_{i}", f"n{layer - 1}_{(i + 1) % width}"]
-            nodes.append(node)
-    return {"name": "crashy", "nodes": nodes}
+    return {"name": "crashy", "nodes": layered_nodes(marker_dir, layers, width, seconds, fan_in=2)}
 
 
 def test_sigkill_mid_run_then_restart_finishes_the_run(

@@ -51,3 +51,17 @@ def spawn_server(
         detail = proc.stderr.read() if proc.stderr is not None else ""
         raise AssertionError(f"server did not start: {line!r} {detail}")
     return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def layered_nodes(
+    marker_dir: Any, layers: int, width: int, seconds: float, fan_in: int = 1
+) -> list[dict[str, Any]]:
+    """`layers` x `width` sp_nodes:record nodes; n<L>_<i> depends on `fan_in`
+    neighbours in the layer above (n<L-1>_<i>, n<L-1>_<i+1>, ...)."""
+    nodes = []
+    for layer in range(layers):
+        for i in range(width):
+            after = [f"n{layer - 1}_{(i + k) % width}" for k in range(fan_in)] if layer else None
+            args = {"marker_dir": str(marker_dir), "seconds": seconds}
+            nodes.append(py(f"n{layer}_{i}", "record", after, args=args))
+    return nodes
