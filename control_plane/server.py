@@ -41,7 +41,8 @@ class ServerConfig:
     grace_s: float = 5.0
     # Take over runs left by dead or expired owners at start (off for read-only tools).
     take_over: bool = True
-    # "local" or "ray"; None: $STATEPIPE_EXECUTOR, else ray when $RAY_ADDRESS is set.
+    # "local" or "ray"; None: $STATEPIPE_EXECUTOR, else ray when a Ray address is
+    # given (ray_address or $RAY_ADDRESS), else local.
     executor: str | None = None
     # The Ray cluster to join (None: $RAY_ADDRESS, else start a local one).
     ray_address: str | None = None
@@ -73,12 +74,12 @@ def tune_gc() -> None:
     gc.set_threshold(max(gen0, GC_GEN0_THRESHOLD), gen1, gen2)
 
 
-def executor_name(requested: str | None = None) -> str:
-    """The executor to use: the request, $STATEPIPE_EXECUTOR, or ray when
-    $RAY_ADDRESS is set, else local."""
+def executor_name(requested: str | None = None, ray_address: str | None = None) -> str:
+    """The executor to use: the request, $STATEPIPE_EXECUTOR, or ray when a Ray
+    address is given (`ray_address` or $RAY_ADDRESS), else local."""
     name = requested or os.environ.get("STATEPIPE_EXECUTOR") or ""
     if not name:
-        name = "ray" if os.environ.get("RAY_ADDRESS") else "local"
+        name = "ray" if ray_address or os.environ.get("RAY_ADDRESS") else "local"
     name = name.strip().lower()
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
@@ -86,7 +87,7 @@ def executor_name(requested: str | None = None) -> str:
 
 
 def make_executor(config: ServerConfig, runners: RunnerRegistry) -> Executor:
-    if executor_name(config.executor) == "ray":
+    if executor_name(config.executor, config.ray_address) == "ray":
         try:
             from executors.ray_executor import RayExecutor
         except ImportError as err:

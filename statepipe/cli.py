@@ -290,14 +290,9 @@ def _ping(address: str) -> bool:
 
 
 def _executor_config() -> dict[str, Any]:
-    """ServerConfig fields from --executor/--ray-address (unset: the server's defaults)."""
-    config: dict[str, Any] = {}
-    if _setting("executor"):
-        config["executor"] = _setting("executor")
-    if _setting("ray_address"):
-        config["ray_address"] = _setting("ray_address")
-        config.setdefault("executor", "ray")
-    return config
+    """ServerConfig fields from --executor/--ray-address (unset: the server's defaults;
+    an address alone means ray, see control_plane.server.executor_name)."""
+    return {name: _setting(name) for name in ("executor", "ray_address") if _setting(name)}
 
 
 def _no_executor_with_server(server: str) -> None:
@@ -1347,7 +1342,7 @@ def server(listen: str, database_url: str | None, max_concurrency: int, log_leve
     )
     try:
         asyncio.run(serve(config))
-    except (OSError, ValueError, ConnectionError) as err:
+    except (OSError, ValueError) as err:  # ConnectionError is an OSError
         raise click.ClickException(" ".join(str(err).split())) from None
 
 

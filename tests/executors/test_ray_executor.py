@@ -195,6 +195,10 @@ def test_the_executor_is_chosen_by_flag_then_environment(monkeypatch: pytest.Mon
     monkeypatch.setenv("STATEPIPE_EXECUTOR", "local")
     assert executor_name() == "local"
     assert executor_name("ray") == "ray"
+    monkeypatch.delenv("STATEPIPE_EXECUTOR")
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert executor_name(None, "10.0.0.5:6379") == "ray"  # a configured address alone
+    assert executor_name("local", "10.0.0.5:6379") == "local"
     with pytest.raises(ValueError, match="unknown executor 'dask'; choose one of: local, ray"):
         executor_name("dask")
 
