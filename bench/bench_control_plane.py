@@ -56,8 +56,8 @@ from psycopg.types.json import Jsonb
 
 import core_rs
 from statepipe._local import LocalPlane, PlaneStartError
-from statepipe.v1 import statepipe_pb2 as pb
-from statepipe.v1 import statepipe_pb2_grpc as pb_grpc
+from statepipe_api.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2_grpc as pb_grpc
 
 BENCH = Path(__file__).resolve().parent
 FINAL_RUN = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)

@@ -8,8 +8,8 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from control_plane.store import NodeRow, RunRow
-from statepipe._convert import json_to_value, struct_to_python, value_to_python
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.convert import json_to_value, struct_to_python, value_to_python
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 RUN_STATUS = {
     name: pb.RunStatus.Value(f"RUN_{name}")

@@ -22,7 +22,7 @@ from google.protobuf import struct_pb2
 import core_rs
 from control_plane.convert import run_to_proto
 from control_plane.store import Batch, EventRow, NodeRow, RunRow, Store, now
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from control_plane.expressions import (
     template_references,
 )
 from executors.runners import RunnerRegistry
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 MAX_NODES = 100_000
 MAX_SPEC_BYTES = 16 * 1024 * 1024

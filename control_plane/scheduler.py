@@ -31,7 +31,7 @@ from control_plane.plan import Plan, compile_spec, retry_delay_ms
 from control_plane.store import NodeRow, RunRow, Store, now, without_nul
 from executors.base import Executor, NodeContext, NodeTask, describe_error
 from executors.runners import RunnerRegistry
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from control_plane.errors import AlreadyExists, InvalidArgument, NotFound, statu
 from control_plane.pipeline import RUNS_TOPIC, EventPipeline
 from control_plane.scheduler import FINAL_RUN, Scheduler
 from control_plane.store import Conflict, RunFilter, Store
-from statepipe.v1 import statepipe_pb2 as pb
-from statepipe.v1 import statepipe_pb2_grpc as pb_grpc
+from statepipe_api.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Generates the Python protobuf and gRPC code from proto/ into statepipe/v1/.
+"""Generates the Python protobuf and gRPC code from proto/ into statepipe_api/v1/.
 
     python scripts/gen_proto.py           # regenerate
     python scripts/gen_proto.py --check   # fail if the committed code is stale
@@ -19,7 +19,11 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-OUT_PACKAGE = ROOT / "statepipe" / "v1"
+OUT_PACKAGE = ROOT / "statepipe_api" / "v1"
+# protoc names Python modules after the .proto paths (statepipe/v1/...); the code
+# lives in the neutral package statepipe_api, which the SDK and the control plane
+# both import, so the generated imports are pointed there.
+IMPORT_FROM = (b"from statepipe.v1 import", b"from statepipe_api.v1 import")
 
 
 def generate(out_root: Path) -> list[Path]:
@@ -36,7 +40,10 @@ def generate(out_root: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
-    return sorted((out_root / "statepipe" / "v1").glob("*_pb2*.py*"))
+    generated = sorted((out_root / "statepipe" / "v1").glob("*_pb2*.py*"))
+    for path in generated:
+        path.write_bytes(path.read_bytes().replace(*IMPORT_FROM))
+    return generated
 
 
 def main() -> None:

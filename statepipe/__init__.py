@@ -19,7 +19,6 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 if TYPE_CHECKING:
-    from statepipe._convert import SpecError
     from statepipe.client import (
         AsyncClient,
         Client,
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
         StatepipeError,
     )
     from statepipe.sdk import Retry, TargetError, Workflow, load_target
+    from statepipe_api.convert import SpecError
 
 # Exported name -> module that defines it.
 _LAZY = {
@@ -38,7 +38,7 @@ _LAZY = {
     "NodeState": "statepipe.client",
     "Retry": "statepipe.sdk",
     "Run": "statepipe.client",
-    "SpecError": "statepipe._convert",
+    "SpecError": "statepipe_api.convert",
     "StatepipeError": "statepipe.client",
     "TargetError": "statepipe.sdk",
     "Workflow": "statepipe.sdk",

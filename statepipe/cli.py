@@ -159,9 +159,9 @@ def _unreachable(address: str, message: str) -> CliError:
 
 def _translate(err: BaseException, address: str = "") -> CliError | None:
     """The one-line CLI error for an exception from the client, SDK or spec code."""
-    from statepipe._convert import SpecError
     from statepipe._local import PlaneStartError
     from statepipe.client import StatepipeError
+    from statepipe_api.convert import SpecError
 
     if isinstance(err, CliError):
         return err
@@ -444,8 +444,8 @@ def _target_file(target: str) -> Path | None:
 
 
 def _load_target(target: str) -> tuple[dict[str, Any] | None, str]:
-    from statepipe._convert import SpecError, spec_to_proto
     from statepipe.sdk import TargetError, load_target
+    from statepipe_api.convert import SpecError, spec_to_proto
 
     try:
         spec, name = load_target(target)
@@ -472,7 +472,7 @@ def _compile(spec: Any, what: str) -> Any:
     from control_plane.errors import StatepipeError as DomainError
     from control_plane.plan import compile_spec
     from executors.runners import RunnerRegistry
-    from statepipe._convert import spec_to_proto
+    from statepipe_api.convert import spec_to_proto
 
     proto = spec_to_proto(spec) if isinstance(spec, dict) else spec
     registry = RunnerRegistry()

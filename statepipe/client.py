@@ -28,7 +28,7 @@ import grpc
 import grpc.aio
 
 from statepipe import __version__
-from statepipe._convert import (
+from statepipe_api.convert import (
     FINAL_RUN_STATUSES,
     SpecError,
     event_to_dict,
@@ -43,8 +43,8 @@ from statepipe._convert import (
     value_to_python,
     workflow_to_dict,
 )
-from statepipe.v1 import statepipe_pb2 as pb
-from statepipe.v1 import statepipe_pb2_grpc as pb_grpc
+from statepipe_api.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2_grpc as pb_grpc
 
 __all__ = [
     "CHANNEL_OPTIONS",

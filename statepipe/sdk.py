@@ -51,7 +51,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 if TYPE_CHECKING:
-    from statepipe.v1 import statepipe_pb2 as pb
+    from statepipe_api.v1 import statepipe_pb2 as pb
 
 __all__ = ["HOOKS", "Retry", "TargetError", "Workflow", "load_target"]
 
@@ -548,7 +548,7 @@ class Workflow:
                 unknown node, a cycle, a function the server cannot import by
                 its name, or a field of the wrong shape (e.g. ``resources``).
         """
-        from statepipe._convert import SpecError, spec_to_proto
+        from statepipe_api.convert import SpecError, spec_to_proto
 
         if not self._nodes:
             raise SpecError("nodes", f"workflow {self._name!r} has no nodes")
@@ -572,12 +572,12 @@ class Workflow:
         Raises:
             SpecError: As :meth:`to_spec`.
         """
-        from statepipe._convert import spec_to_proto
+        from statepipe_api.convert import spec_to_proto
 
         return spec_to_proto(self.to_spec())
 
     def _node_spec(self, index: int, node: _Node) -> dict[str, Any]:
-        from statepipe._convert import SpecError
+        from statepipe_api.convert import SpecError
 
         _check_resolvable(node.fn, node.callable_path, f"nodes[{index}].params.callable")
         after = list(node.after)
@@ -631,7 +631,7 @@ class Workflow:
 
     def _check_graph(self, nodes: list[dict[str, Any]]) -> None:
         """Unknown dependencies and cycles, named (the server checks them too)."""
-        from statepipe._convert import SpecError
+        from statepipe_api.convert import SpecError
 
         ids = [n["id"] for n in nodes]
         deps = {n["id"]: n.get("after", []) for n in nodes}
@@ -664,7 +664,7 @@ class Workflow:
 
 def _check_resolvable(fn: Callable[..., Any], path: str, where: str) -> None:
     """A function whose module is loaded must be found there under its qualname."""
-    from statepipe._convert import SpecError
+    from statepipe_api.convert import SpecError
 
     module_name, _, qualname = path.partition(":")
     target: Any = sys.modules.get(module_name)
@@ -813,7 +813,7 @@ def _prepend_path(directory: Path) -> None:
 
 
 def _load_spec(file: Path) -> tuple[dict[str, Any], str]:
-    from statepipe._convert import SpecError, load_spec_file, spec_to_proto
+    from statepipe_api.convert import SpecError, load_spec_file, spec_to_proto
 
     if not file.is_file():
         raise TargetError(f"no such file: {file}")

@@ -22,10 +22,10 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sp_testing import py
 
-from statepipe._convert import json_to_value
 from statepipe.client import Client, StatepipeError
-from statepipe.v1 import statepipe_pb2 as pb
-from statepipe.v1 import statepipe_pb2_grpc as pb_grpc
+from statepipe_api.convert import json_to_value
+from statepipe_api.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2_grpc as pb_grpc
 
 Code = grpc.StatusCode
 MiB = 1024 * 1024

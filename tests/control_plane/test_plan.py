@@ -12,7 +12,7 @@ from control_plane.expressions import (
     template_references,
 )
 from control_plane.plan import retry_delay_ms
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 
 @pytest.mark.parametrize(

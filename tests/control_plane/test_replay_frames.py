@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from control_plane.service import _event_batches, _frame
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 
 @pytest.mark.parametrize("size", [0, 1, 60, 127, 128, 129, 300, 16_383, 16_384, 20_000, 2**21 + 3])

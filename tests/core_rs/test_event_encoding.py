@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core_rs import encode_event
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 text = st.text(max_size=40)
 fields = st.fixed_dictionaries(

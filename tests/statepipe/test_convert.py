@@ -1,4 +1,4 @@
-"""Tests for ``statepipe._convert`` (no server needed) and StatepipeError on a dead address."""
+"""Tests for ``statepipe_api.convert`` (no server needed) and StatepipeError on a dead address."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import yaml
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from statepipe._convert import (
+from statepipe_api.convert import (
     FINAL_RUN_STATUSES,
     SpecError,
     event_to_dict,
@@ -31,7 +31,7 @@ from statepipe._convert import (
     status_name,
     workflow_to_dict,
 )
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 # --------------------------------------------------------------------------- helpers
 

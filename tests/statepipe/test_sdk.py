@@ -21,7 +21,7 @@ from sp_testing import wait_for
 
 import statepipe
 from statepipe import Client, Retry, SpecError, TargetError, Workflow, load_target
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 HERE = __name__  # the module name the server imports this file's functions by

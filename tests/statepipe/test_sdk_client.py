@@ -23,7 +23,7 @@ from sp_testing import py, wait_for
 
 from statepipe import AsyncClient, Client, Event, NodeState, Run, SpecError, StatepipeError
 from statepipe.client import CHANNEL_OPTIONS, Stream, Workflow
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 # The key orders of docs/json-shapes.md.
 RUN_KEYS = (

@@ -31,7 +31,8 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from statepipe.v1 import statepipe_pb2 as pb
+from statepipe_api.lifecycle import FINAL_RUN
+from statepipe_api.v1 import statepipe_pb2 as pb
 
 __all__ = [
     "FINAL_RUN_STATUSES",
@@ -53,9 +54,8 @@ __all__ = [
     "workflow_to_dict",
 ]
 
-#: Run statuses after which nothing more happens on its own. (A FAILED run can
-#: still be resumed by a person; an INTERRUPTED or PAUSED one waits for that.)
-FINAL_RUN_STATUSES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+#: Run statuses after which nothing more happens on its own (statepipe_api.lifecycle).
+FINAL_RUN_STATUSES: frozenset[str] = FINAL_RUN
 
 
 # -------------------------------------------------------------------- errors

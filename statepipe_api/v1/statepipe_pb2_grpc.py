@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from statepipe.v1 import statepipe_pb2 as statepipe_dot_v1_dot_statepipe__pb2
+from statepipe_api.v1 import statepipe_pb2 as statepipe_dot_v1_dot_statepipe__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
