@@ -28,12 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from statepipe.client import Client, Event, Run, StatepipeError
-
-#: Node statuses after which a node does nothing more on its own.
-FINAL_NODE = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"})
-FINAL_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
-#: Where following a run stops: a final status, or interrupted (resumable).
-STOP_FOLLOWING = FINAL_RUN | {"INTERRUPTED"}
+from statepipe_api.lifecycle import CONTROLS, FINAL_NODE, IN_FLIGHT_NODE, STOP_FOLLOWING_RUN
 
 STYLES = {
     "SUCCEEDED": "green",
@@ -285,14 +280,14 @@ class Follower:
                 for event in self._stream:
                     self.after = max(self.after, event.seq)
                     self._handle(event)
-                    if event.kind == "run_status" and event.status in STOP_FOLLOWING:
+                    if event.kind == "run_status" and event.status in STOP_FOLLOWING_RUN:
                         ended = event.status == "INTERRUPTED"
                         if ended:
                             break
             finally:
                 self._stream.close()
             run = self.client.get_run(self.run_id)
-            if ended or run.status in STOP_FOLLOWING:
+            if ended or run.status in STOP_FOLLOWING_RUN:
                 return run
             time.sleep(0.2)  # the stream ended early (a server going away): watch again
         return self.client.get_run(self.run_id)
@@ -460,7 +455,8 @@ class RunView(View):
         _set_live_console(None)
 
 
-ACTIVE_NODE = frozenset({"QUEUED", "RUNNING", "RETRY_WAIT", "FAILED"})
+#: Nodes the live table keeps when not all fit: the ones in flight, and the failed.
+SHOWN_FIRST_NODE = IN_FLIGHT_NODE | {"FAILED"}
 
 
 def node_table(follower: Follower, max_rows: int = 1000) -> Group:
@@ -469,7 +465,7 @@ def node_table(follower: Follower, max_rows: int = 1000) -> Group:
     nodes = list(follower.nodes.values())
     shown = nodes
     if len(nodes) > max_rows:
-        keep = {n.node_id for n in nodes if n.status in ACTIVE_NODE}
+        keep = {n.node_id for n in nodes if n.status in SHOWN_FIRST_NODE}
         for node in nodes:
             if len(keep) >= max_rows - 1:
                 break
@@ -636,7 +632,7 @@ def print_run(console: Console, run: Run) -> None:
         fields.append(("output", short(run.output, 400)))
     if run.error:
         fields.append(("error", Text(run.error, style="red")))
-    if run.status in ("PAUSED", "INTERRUPTED", "FAILED"):
+    if run.status in CONTROLS["resume"]:
         fields.append(("resume", f"statepipe resume {run.run_id}"))
     for name, value in fields:
         line = Text(f"{name:<9} ", style="bold")
@@ -663,33 +659,6 @@ def print_run(console: Console, run: Run) -> None:
     print_table(console, ["NODE", "KIND", "STATUS", "ATTEMPT", "TIME", "OUTPUT / ERROR"], rows)
 
 
-def levels_of(spec_nodes: Iterable[tuple[str, list[str]]]) -> list[list[str]]:
-    """Topological levels: level 0 has no dependency, level n depends only on levels < n.
-
-    Nodes keep their spec order within a level. The spec is validated first,
-    so there is no cycle and every dependency exists.
-    """
-    deps = dict(spec_nodes)
-    dependents: dict[str, list[str]] = {node_id: [] for node_id in deps}
-    waiting = {node_id: len(set(after)) for node_id, after in deps.items()}
-    for node_id, after in deps.items():
-        for dep in set(after):
-            dependents[dep].append(node_id)
-    level = {node_id: 0 for node_id, count in waiting.items() if count == 0}
-    ready = list(level)
-    while ready:
-        node_id = ready.pop()
-        for child in dependents[node_id]:
-            level[child] = max(level.get(child, 0), level[node_id] + 1)
-            waiting[child] -= 1
-            if waiting[child] == 0:
-                ready.append(child)
-    out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
-    for node_id in deps:
-        out[level[node_id]].append(node_id)
-    return out
-
-
 __all__ = [
     "BatchView",
     "Follower",
@@ -698,7 +667,6 @@ __all__ = [
     "StatepipeError",
     "View",
     "event_line",
-    "levels_of",
     "node_table",
     "print_run",
     "print_runs",

@@ -3,8 +3,10 @@
 Without ``--server`` every ``statepipe`` command runs a :class:`LocalPlane`: a
 real control plane (gRPC on 127.0.0.1, port 0) on a background event-loop
 thread, over the embedded Postgres under ``$STATEPIPE_HOME`` (or
-``STATEPIPE_DATABASE_URL``). The CLI then talks to it with the ordinary
-:class:`~statepipe.client.Client`, so in-process and ``--server`` behave alike.
+``STATEPIPE_DATABASE_URL``), started through :mod:`control_plane.embed` (the
+only module of the server side the CLI imports). The CLI then talks to it
+with the ordinary :class:`~statepipe.client.Client`, so in-process and
+``--server`` behave alike.
 
 Two small files under ``$STATEPIPE_HOME`` tie separate invocations together:
 
@@ -19,7 +21,6 @@ Two small files under ``$STATEPIPE_HOME`` tie separate invocations together:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -27,17 +28,27 @@ import os
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
+
+from control_plane import embed
+from control_plane.embed import EmbeddedPlane, PlaneStartError
+
+__all__ = [
+    "LocalPlane",
+    "PlaneStartError",
+    "Registration",
+    "database_key",
+    "home",
+    "live_servers",
+    "load_paths",
+    "remember_path",
+]
 
 log = logging.getLogger("statepipe.cli")
 
 #: Seconds in-flight streams get when an in-process control plane stops.
 STOP_GRACE_S = 1.0
-#: Most seconds to wait for a control plane to start (a first embedded
-#: Postgres runs initdb, which takes a few seconds).
-START_TIMEOUT_S = 180.0
 
 
 def home() -> Path:
@@ -174,20 +185,8 @@ class Registration:
 # ------------------------------------------------------------ local control plane
 
 
-async def _cancel_tasks() -> None:
-    current = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not current]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class PlaneStartError(Exception):
-    """The in-process control plane could not start (database, port, ...)."""
-
-
-class LocalPlane:
-    """A control plane on its own event-loop thread, serving gRPC on ``listen``."""
+class LocalPlane(EmbeddedPlane):
+    """The CLI's control plane: on its own event-loop thread, serving gRPC on ``listen``."""
 
     def __init__(
         self,
@@ -198,13 +197,13 @@ class LocalPlane:
         take_over: bool = True,
         **config: Any,
     ) -> None:
-        """Starts it; `config` sets other ServerConfig fields (bus_capacity, ...)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from control_plane.server import ControlPlane, ServerConfig
+        """Starts it; `config` sets other ServerConfig fields (bus_capacity, executor, ...).
 
-        self.plane = ControlPlane(
-            ServerConfig(
+        Raises:
+            PlaneStartError: It could not start.
+        """
+        super().__init__(
+            embed.ServerConfig(
                 listen=listen,
                 database_url=database_url,
                 max_concurrency=max_concurrency,
@@ -212,53 +211,3 @@ class LocalPlane:
                 **{"grace_s": STOP_GRACE_S, **config},
             )
         )
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="statepipe-control-plane", daemon=True
-        )
-        self.thread.start()
-        self._stopped = False
-        try:
-            self._call(self.plane.start(), START_TIMEOUT_S)
-        except BaseException as err:
-            self.stop()
-            if isinstance(err, Exception):
-                raise PlaneStartError(_describe_start_error(err)) from err
-            raise
-        self.address = self.plane.address
-
-    def _call(self, coro: Any, timeout: float) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def owned_runs(self) -> list[str]:
-        """Runs this process's scheduler holds (taken over at start, started, resumed)."""
-
-        async def actors() -> list[str]:
-            scheduler = self.plane.scheduler
-            return list(scheduler.actors) if scheduler is not None else []
-
-        if self._stopped:
-            return []
-        return list(self._call(actors(), 10))
-
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        try:
-            with contextlib.suppress(Exception):
-                self._call(self.plane.stop(grace_s=STOP_GRACE_S), 30)
-            with contextlib.suppress(Exception):
-                self._call(_cancel_tasks(), 10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            if not self.thread.is_alive():
-                self.loop.close()
-
-
-def _describe_start_error(err: Exception) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return text

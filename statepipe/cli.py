@@ -11,7 +11,6 @@ a person goes to stderr. Errors are one ``error: ...`` line and a non-zero exit.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import contextlib
@@ -31,8 +30,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from statepipe import __version__
+from statepipe_api.lifecycle import CONTROLS, RUN_STATUSES
 
 if TYPE_CHECKING:
+    from control_plane.embed import PlanSummary
     from statepipe._cli_view import OutputFile
     from statepipe._local import LocalPlane, Registration
     from statepipe.client import Client, Run
@@ -46,7 +47,6 @@ EXIT_USAGE = 2  # unknown target, bad input, invalid spec, bad options
 EXIT_UNREACHABLE = 3  # server unreachable, or the local control plane cannot start
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
-RUN_STATUSES = ("PENDING", "RUNNING", "PAUSED", "INTERRUPTED", "SUCCEEDED", "FAILED", "CANCELLED")
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 #: Set in a ``run --detach`` child: the file to write the run id to.
 DETACH_ENV = "STATEPIPE_DETACHED_ID_FILE"
@@ -159,7 +159,7 @@ def _unreachable(address: str, message: str) -> CliError:
 
 def _translate(err: BaseException, address: str = "") -> CliError | None:
     """The one-line CLI error for an exception from the client, SDK or spec code."""
-    from statepipe._local import PlaneStartError
+    from control_plane.embed import PlanError, PlaneStartError
     from statepipe.client import StatepipeError
     from statepipe_api.convert import SpecError
 
@@ -176,6 +176,8 @@ def _translate(err: BaseException, address: str = "") -> CliError | None:
         return CliError(err.message, EXIT_FAILED)
     if isinstance(err, SpecError):
         return CliError(f"invalid workflow spec: {err}", EXIT_USAGE)
+    if isinstance(err, PlanError):
+        return CliError(str(err), EXIT_USAGE)
     if isinstance(err, PlaneStartError):
         return CliError(f"cannot start the local control plane: {err}", EXIT_UNREACHABLE)
     return None
@@ -248,20 +250,15 @@ class Connection:
         if self.registration is not None:
             self.registration.remove()
         if self.plane is not None:
-            self.plane.stop()
-            _exit_without_stuck_nodes()
+            _stop_plane(self.plane)
 
 
-def _exit_without_stuck_nodes() -> None:
-    """A sync node that ignores ``ctx.cancelled`` would keep the interpreter from
-    exiting (thread pools are joined at exit): give it a moment, then leave anyway."""
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        stuck = [t for t in threading.enumerate() if t.name.startswith("statepipe-node")]
-        if not any(t.is_alive() for t in stuck):
-            return
-        time.sleep(0.05)
-    _hard_exit_later.set()
+def _stop_plane(plane: LocalPlane) -> None:
+    """Stops it; a sync node that ignores ``ctx.cancelled`` would keep the interpreter
+    from exiting (thread pools are joined at exit): give it a moment, then leave anyway."""
+    plane.stop()
+    if not plane.node_threads_ended(timeout_s=2.0):
+        _hard_exit_later.set()
 
 
 _hard_exit_later = threading.Event()
@@ -291,7 +288,7 @@ def _ping(address: str) -> bool:
 
 def _executor_config() -> dict[str, Any]:
     """ServerConfig fields from --executor/--ray-address (unset: the server's defaults;
-    an address alone means ray, see control_plane.server.executor_name)."""
+    an address alone means ray)."""
     return {name: _setting(name) for name in ("executor", "ray_address") if _setting(name)}
 
 
@@ -467,21 +464,16 @@ def _unknown_target(target: str) -> CliError:
     )
 
 
-def _compile(spec: Any, what: str) -> Any:
+def _check(spec: Any, what: str) -> PlanSummary:
     """Validates a spec as the server would (kinds, dependencies, cycles, templates)."""
-    from control_plane.errors import StatepipeError as DomainError
-    from control_plane.plan import compile_spec
-    from executors.runners import RunnerRegistry
+    from control_plane.embed import PlanError, check_spec
     from statepipe_api.convert import spec_to_proto
 
     proto = spec_to_proto(spec) if isinstance(spec, dict) else spec
-    registry = RunnerRegistry()
     try:
-        return compile_spec(proto, registry)
-    except DomainError as err:
+        return check_spec(proto)
+    except PlanError as err:
         _fail(f"{what}: {err}")
-    finally:
-        registry.close()
 
 
 def _write_json(value: Any, *, indent: int | None = None) -> None:
@@ -518,7 +510,7 @@ def _report(run: Run, console: Any) -> None:
     if run.error:
         line.append(f": {run.error}")
     console.print(line)
-    if run.status in ("FAILED", "INTERRUPTED", "PAUSED"):
+    if run.status in CONTROLS["resume"]:
         verb = "run the failed nodes again" if run.status == "FAILED" else "resume"
         console.print(Text(f"{verb} with: statepipe resume {run.run_id}", style="dim"))
 
@@ -719,9 +711,9 @@ def run(
             ref = _register(conn.client, spec, name, target, console)
             if batch is not None:
                 if spec is None:  # validate every line before starting any run
-                    plan = _compile(conn.client.get_workflow(name).proto.spec, name)
+                    plan = _check(conn.client.get_workflow(name).proto.spec, name)
                 else:
-                    plan = _compile(spec, target)
+                    plan = _check(spec, target)
                 _validate_inputs(plan, inputs, batch)
                 code = _run_batch(conn, ref, inputs, label_map, concurrency, output, verbose,
                                   as_json, console, batch)  # fmt: skip
@@ -778,13 +770,13 @@ def _start(
         raise
 
 
-def _validate_inputs(plan: Any, inputs: list[tuple[int, Any]], batch: str | None) -> None:
-    from control_plane.errors import StatepipeError as DomainError
+def _validate_inputs(plan: PlanSummary, inputs: list[tuple[int, Any]], batch: str | None) -> None:
+    from control_plane.embed import PlanError
 
     for number, value in inputs:
         try:
             plan.validate_input(value)
-        except DomainError as err:
+        except PlanError as err:
             _fail(f"{batch}:{number}: {err}" if batch else str(err))
 
 
@@ -796,8 +788,6 @@ def _dry_run(
     batch: str | None,
     as_json: bool,
 ) -> None:
-    from statepipe._cli_view import levels_of
-
     if spec is None:
         from statepipe.client import StatepipeError
 
@@ -808,23 +798,23 @@ def _dry_run(
                 if err.code.name == "NOT_FOUND":
                     raise _unknown_target(target) from None
                 raise
-        plan = _compile(proto, name)
+        plan = _check(proto, name)
     else:
-        plan = _compile(spec, target)
+        plan = _check(spec, target)
     _validate_inputs(plan, inputs, batch)
-    levels = levels_of((n.id, list(n.after)) for n in plan.spec.nodes)
+    levels = plan.levels
     if as_json:
         _write_json(
             {
                 "workflow": plan.name,
                 "version": plan.version,
-                "nodes": len(plan.spec.nodes),
+                "nodes": plan.node_count,
                 "levels": levels,
                 "inputs_checked": len(inputs),
             }
         )
         return
-    count = len(plan.spec.nodes)
+    count = plan.node_count
     _out(
         f"workflow {plan.name} (version {plan.version}): {count} node{'s' * (count != 1)} "
         f"in {len(levels)} level{'s' * (len(levels) != 1)}"
@@ -1102,7 +1092,7 @@ def resume(run_id: str, verbose: bool, live: bool, output_path: str | None, as_j
             elif run.status == "CANCELLED":
                 _fail(f"run {run_id} is CANCELLED; a cancelled run cannot be resumed", EXIT_FAILED)
             else:
-                if run.status in ("PAUSED", "INTERRUPTED", "FAILED"):
+                if run.status in CONTROLS["resume"]:
                     client.resume(run_id, reason="statepipe resume")
                     console.print(f"resumed run {run_id} (was {run.status})", markup=False)
                 else:
@@ -1239,6 +1229,7 @@ def logs(run_id: str, follow: bool, after_seq: int, kinds: tuple[str, ...], as_j
 
 def _control(action: str, run_id: str, reason: str, as_json: bool) -> None:
     from statepipe.client import StatepipeError
+    from statepipe_api.lifecycle import control_refusal
 
     with _connection("control", run_id) as conn:
         client = conn.client
@@ -1246,11 +1237,9 @@ def _control(action: str, run_id: str, reason: str, as_json: bool) -> None:
             run = getattr(client, action)(run_id, reason=reason)
         except StatepipeError as err:
             if err.code.name == "FAILED_PRECONDITION" and not conn.remote:
+                # Refused although the run's status allows it: another process owns the run.
                 current = client.get_run(run_id).status
-                allowed = {"pause": {"RUNNING"}, "interrupt": {"RUNNING", "PAUSED"}}.get(
-                    action, {"PENDING", "RUNNING", "PAUSED", "INTERRUPTED"}
-                )
-                if current in allowed:
+                if control_refusal(run_id, action, current) is None:
                     _fail(
                         f"run {run_id} is {current} in another statepipe process that this "
                         "CLI cannot reach; use --server with that server's address",
@@ -1327,23 +1316,23 @@ def server(listen: str, database_url: str | None, max_concurrency: int, log_leve
     SIGTERM or Ctrl-C shuts it down gracefully; runs in flight are taken over
     at the next start.
     """
-    from control_plane.server import ServerConfig, serve
+    from control_plane import embed
 
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = ServerConfig(
+    config = embed.ServerConfig(
         listen=listen,
         database_url=database_url,
         max_concurrency=max_concurrency,
         **_executor_config(),
     )
     try:
-        asyncio.run(serve(config))
-    except (OSError, ValueError) as err:  # ConnectionError is an OSError
-        raise click.ClickException(" ".join(str(err).split())) from None
+        embed.serve(config)
+    except embed.PlaneStartError as err:
+        raise click.ClickException(str(err)) from None
 
 
 # ------------------------------------------------------------------------ up
@@ -1436,6 +1425,5 @@ def up(listen: str, examples: bool, verbose: bool) -> None:
             registration.add_runs(plane.owned_runs())
     finally:
         registration.remove()
-        plane.stop()
-    _exit_without_stuck_nodes()
+        _stop_plane(plane)
     _exit(EXIT_OK)

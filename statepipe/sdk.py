@@ -630,36 +630,30 @@ class Workflow:
         return out
 
     def _check_graph(self, nodes: list[dict[str, Any]]) -> None:
-        """Unknown dependencies and cycles, named (the server checks them too)."""
+        """Unknown dependencies and cycles, named (core_rs checks them, as on the server)."""
+        import core_rs
         from statepipe_api.convert import SpecError
 
         ids = [n["id"] for n in nodes]
-        deps = {n["id"]: n.get("after", []) for n in nodes}
-        for index, node in enumerate(nodes):
-            for dep in node.get("after", []):
-                if dep not in deps:
-                    close = difflib.get_close_matches(dep, ids, n=1, cutoff=0.6)
-                    hint = f' (did you mean "{close[0]}"?)' if close else ""
-                    raise SpecError(f"nodes[{index}].after", f'unknown node "{dep}"{hint}')
-        state: dict[str, int] = {}  # 1: on the path, 2: done
-        for start in ids:
-            if state.get(start):
-                continue
-            path: list[str] = [start]
-            stack = [iter(deps[start])]
-            state[start] = 1
-            while stack:
-                dep = next(stack[-1], None)
-                if dep is None:
-                    state[path.pop()] = 2
-                    stack.pop()
-                elif state.get(dep) == 1:
-                    cycle = [*path[path.index(dep) :], dep]
-                    raise SpecError("nodes", f"cycle: {' -> '.join(cycle)}")
-                elif not state.get(dep):
-                    state[dep] = 1
-                    path.append(dep)
-                    stack.append(iter(deps[dep]))
+        edges = [(dep, n["id"]) for n in nodes for dep in n.get("after", [])]
+        try:
+            core_rs.Dag(ids, edges)
+        except core_rs.UnknownNodeError as err:
+            dep, node_id = err.edge or (err.node_id, "")
+            index = ids.index(node_id) if node_id in ids else 0
+            close = difflib.get_close_matches(dep, ids, n=1, cutoff=0.6)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise SpecError(f"nodes[{index}].after", f'unknown node "{dep}"{hint}') from None
+        except core_rs.CycleError as err:
+            # core_rs gives the cycle in run order (a runs before b); here it reads
+            # as `after` does (a after c), from the node defined first.
+            position = {node_id: i for i, node_id in enumerate(ids)}
+            cycle = err.cycle[::-1]
+            first = min(range(len(cycle)), key=lambda i: position[cycle[i]])
+            cycle = [*cycle[first:], *cycle[:first], cycle[first]]
+            raise SpecError("nodes", f"cycle: {' -> '.join(cycle)}") from None
+        except core_rs.DagError as err:
+            raise SpecError("nodes", str(err)) from None
 
 
 def _check_resolvable(fn: Callable[..., Any], path: str, where: str) -> None:
