@@ -9,26 +9,12 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from control_plane.store import NodeRow, RunRow
 from statepipe_api.convert import json_to_value, struct_to_python, value_to_python
+from statepipe_api.lifecycle import NODE_STATUSES, RUN_STATUSES
 from statepipe_api.v1 import statepipe_pb2 as pb
 
-RUN_STATUS = {
-    name: pb.RunStatus.Value(f"RUN_{name}")
-    for name in ("PENDING", "RUNNING", "PAUSED", "INTERRUPTED", "SUCCEEDED", "FAILED", "CANCELLED")
-}
+RUN_STATUS = {name: pb.RunStatus.Value(f"RUN_{name}") for name in RUN_STATUSES}
 RUN_STATUS_NAME = {v: k for k, v in RUN_STATUS.items()}
-NODE_STATUS = {
-    name: pb.NodeStatus.Value(f"NODE_{name}")
-    for name in (
-        "PENDING",
-        "QUEUED",
-        "RUNNING",
-        "RETRY_WAIT",
-        "SUCCEEDED",
-        "FAILED",
-        "CANCELLED",
-        "SKIPPED",
-    )
-}
+NODE_STATUS = {name: pb.NodeStatus.Value(f"NODE_{name}") for name in NODE_STATUSES}
 
 
 def from_struct(message: struct_pb2.Struct | struct_pb2.Value) -> Any:

@@ -18,6 +18,8 @@ from executors.base import NodeContext, NodeError, NodeTask, Runner
 log = logging.getLogger(__name__)
 
 RUNNER_ENTRY_POINTS = "statepipe.runners"
+# Worker threads of sync python nodes are named after this.
+NODE_THREAD_PREFIX = "statepipe-node"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -40,6 +42,21 @@ def import_callable(path: str) -> Callable[..., Any]:
     if not callable(target):
         raise NodeError(f"{path!r} is a {type(target).__name__}, not a callable")
     return target
+
+
+_RESOLVED: dict[str, Callable[..., Any]] = {}
+
+
+async def resolve_callable(path: str) -> Callable[..., Any]:
+    """import_callable, off the event loop the first time a path is seen: a
+    module's first import runs its top-level code, which may take long."""
+    fn = _RESOLVED.get(path)
+    if fn is None:
+        fn = await asyncio.to_thread(import_callable, path)
+        if len(_RESOLVED) > 4096:
+            _RESOLVED.clear()
+        _RESOLVED[path] = fn
+    return fn
 
 
 def _check_callable_param(params: Mapping[str, Any]) -> None:
@@ -92,7 +109,7 @@ class PythonRunner:
 
     def __init__(self, threads: int = 64) -> None:
         self._threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="statepipe-node"
+            max_workers=threads, thread_name_prefix=NODE_THREAD_PREFIX
         )
         self._processes: concurrent.futures.ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -105,7 +122,7 @@ class PythonRunner:
         args = task.params.get("args") or {}
         if not isinstance(args, Mapping):
             raise NodeError(f"params.args resolved to {type(args).__name__}, not an object")
-        fn = import_callable(path)
+        fn = await resolve_callable(path)
         # pass_ctx: false calls fn(**args) (the SDK sets it for functions without ctx).
         lead = (ctx,) if task.params.get("pass_ctx", True) else ()
         loop = asyncio.get_running_loop()
