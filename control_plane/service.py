@@ -20,8 +20,9 @@ import core_rs
 from control_plane.convert import RUN_STATUS_NAME, from_struct, node_to_proto, run_to_proto
 from control_plane.errors import AlreadyExists, InvalidArgument, NotFound, status_of
 from control_plane.pipeline import RUNS_TOPIC, EventPipeline
-from control_plane.scheduler import FINAL_RUN, Scheduler
+from control_plane.scheduler import Scheduler
 from control_plane.store import Conflict, RunFilter, Store
+from control_plane.watch import watch_run
 from statepipe_api.v1 import statepipe_pb2 as pb
 from statepipe_api.v1 import statepipe_pb2_grpc as pb_grpc
 
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "statepipe.v1.StatePipe"
 MAX_PAGE = 1000
-REPLAY_PAGE = 2000
-IDLE_RECHECK_S = 5.0
 LATEST_TTL_S = 1.0
 
 
@@ -99,40 +98,31 @@ def _stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIte
     return wrapper
 
 
-def _event_batches(frames: list[bytes], limit: int = 1 << 20) -> list[bytes]:
-    """Encoded EventBatch messages holding `frames`, each under about `limit` bytes.
+class _AfterLists:
+    """Each node's `after` list, read from a run's stored spec as it is.
 
-    A frame is one encoded Event behind EventBatch's field tag and its length
-    (see core_rs.encode_event), so a batch is a concatenation: no re-encoding.
+    Never compiled against the runners installed now: a run stays readable
+    after the plugin of one of its node kinds is gone. Cached by the spec's
+    bytes (runs of one workflow share them), at most `budget_bytes` of specs;
+    callers must not mutate what they get.
     """
-    chunks: list[bytes] = []
-    start = size = 0
-    for i, frame in enumerate(frames):
-        if size and size + len(frame) > limit:
-            chunks.append(b"".join(frames[start:i]))
-            start, size = i, 0
-        size += len(frame)
-    chunks.append(b"".join(frames[start:]))
-    return chunks
 
+    def __init__(self, budget_bytes: int = 32 << 20) -> None:
+        self.budget_bytes = budget_bytes
+        self._cache: dict[bytes, dict[str, list[str]]] = {}
+        self._cached_bytes = 0
 
-_ONE_BYTE_HEADS = [bytes((0x0A, n)) for n in range(0x80)]
-
-
-def _frame(body: bytes) -> bytes:
-    """A stored Event's bytes framed as one element of EventBatch.events:
-    field 1's tag (length-delimited), the length as a varint, the bytes."""
-    n = len(body)
-    if n < 0x80:
-        return _ONE_BYTE_HEADS[n] + body
-    if n < 0x4000:
-        return bytes((0x0A, (n & 0x7F) | 0x80, n >> 7)) + body
-    head = bytearray(b"\x0a")
-    while n >= 0x80:
-        head.append((n & 0x7F) | 0x80)
-        n >>= 7
-    head.append(n)
-    return bytes(head) + body
+    def __call__(self, spec: bytes) -> dict[str, list[str]]:
+        after = self._cache.get(spec)
+        if after is None:
+            after = {node.id: list(node.after) for node in pb.WorkflowSpec.FromString(spec).nodes}
+            if self._cached_bytes + len(spec) > self.budget_bytes:
+                self._cache.clear()
+                self._cached_bytes = 0
+            if len(spec) <= self.budget_bytes:
+                self._cache[spec] = after
+                self._cached_bytes += len(spec)
+        return after
 
 
 def _python(value: Any, present: bool) -> Any:
@@ -185,6 +175,9 @@ class Servicer(pb_grpc.StatePipeServicer):
         self.pipeline = pipeline
         self.bus = bus
         self._workflows: dict[tuple[str, str], tuple[float, pb.Workflow]] = {}
+        self._after_lists = _AfterLists()
+        # A run another replica holds is not held here: WatchRun ends once its status is final.
+        self._is_held: Callable[[str], bool] = lambda run_id: run_id in scheduler.actors
 
     # ------------------------------------------------------------- workflows
 
@@ -267,9 +260,9 @@ class Servicer(pb_grpc.StatePipeServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Any) -> pb.Run:
         run, nodes = await self.scheduler.run_snapshot(_require_run_id(request.run_id))
         message = run_to_proto(run)
-        plan = self.scheduler.plan_for(run.spec)
+        after = self._after_lists(run.spec)
         for node in nodes:
-            message.nodes.append(node_to_proto(node, list(plan.nodes[node.node_id].spec.after)))
+            message.nodes.append(node_to_proto(node, after.get(node.node_id)))
         return message
 
     @_unary
@@ -364,91 +357,11 @@ class Servicer(pb_grpc.StatePipeServicer):
 
     @_stream
     async def WatchRun(self, request: pb.WatchRunRequest, context: Any) -> AsyncIterator[bytes]:
-        """Replays from Postgres, then follows the live bus: no gap, no duplicate.
-
-        Yields encoded EventBatch messages built from the stored event bytes
-        without decoding them (the servicer's serializer passes bytes through).
-        """
-        async for events in self._watch_run(request):
-            for chunk in _event_batches(events):
-                yield chunk
-
-    async def _watch_run(self, request: pb.WatchRunRequest) -> AsyncIterator[list[bytes]]:
-        run_id = _require_run_id(request.run_id)
-        if await self.store.get_run(run_id) is None:
-            raise NotFound(f"run {run_id!r} not found")
-        if request.after_seq < 0:
-            raise InvalidArgument("after_seq must not be negative")
-        kinds = set(request.kinds)
-        last = request.after_seq
-
-        async def replay() -> AsyncIterator[list[bytes]]:
-            """Stored events after `last`, up to the last committed seq, by seq range."""
-            nonlocal last
-            current = await self.store.get_run(run_id)
-            target = current.last_seq if current is not None else last
-            while last < target:
-                upper = min(last + REPLAY_PAGE, target)
-                rows = await self.store.list_events(
-                    run_id,
-                    after_seq=last,
-                    up_to_seq=upper,
-                    limit=REPLAY_PAGE,
-                    kinds=list(kinds),
-                )
-                last = upper
-                if rows:
-                    yield [_frame(body) for _, body in rows]
-
-        async def is_final() -> bool:
-            current = await self.store.get_run(run_id)
-            return (
-                current is not None
-                and current.status in FINAL_RUN
-                and run_id not in self.scheduler.actors
-            )
-
-        while True:
-            if not request.follow_forever and await is_final():
-                # Nothing more will be published: no live topic needed.
-                async for bodies in replay():
-                    yield bodies
-                return
-            # Subscribe before replaying, so nothing published meanwhile is missed.
-            sub = self.bus.subscribe(run_id, last)
-            async for bodies in replay():
-                yield bodies
-            sub.seek(last)
-            while True:
-                try:
-                    batch = await asyncio.wait_for(sub.next_batch(), IDLE_RECHECK_S)
-                except TimeoutError:
-                    if not request.follow_forever and await is_final():
-                        break
-                    continue
-                except core_rs.Lagged:
-                    async for bodies in replay():
-                        yield bodies
-                    sub.seek(last)
-                    continue
-                if batch is None:  # the topic closed: the run finished
-                    break
-                fresh = [(seq, body) for seq, body in batch if seq > last]
-                if not fresh:
-                    continue
-                last = fresh[-1][0]
-                if kinds:
-                    bodies = [
-                        b for _, b in fresh if pb.EventBatch.FromString(b).events[0].kind in kinds
-                    ]
-                else:
-                    bodies = [b for _, b in fresh]
-                if bodies:
-                    yield bodies
-            async for bodies in replay():
-                yield bodies
-            if not request.follow_forever and await is_final():
-                return
+        """Replays from Postgres, then follows the live bus: no gap, no duplicate
+        (control_plane.watch). Yields encoded EventBatch messages built from the
+        stored event bytes without decoding them (the serializer passes bytes through)."""
+        async for message in watch_run(self.store, self.bus, self._is_held, request):
+            yield message
 
     @_stream
     async def WatchRuns(

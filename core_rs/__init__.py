@@ -1,7 +1,9 @@
-"""statepipe's native core: DAG ordering, the scheduling frontier and the event bus.
+"""statepipe's native core: DAG ordering, the scheduling frontier, the event bus
+and the encoding of events.
 
 This package is the only importer of the native module ``core_rs._core``; it
-re-exports the Rust classes and adds the asyncio side of subscriptions.
+re-exports the Rust classes and functions and adds the asyncio side of
+subscriptions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from core_rs._core import (
     Lagged,
     UnknownNodeError,
     encode_event,
+    frame_event_batches,
+    join_event_batches,
 )
 
 __all__ = [
@@ -33,4 +37,6 @@ __all__ = [
     "Subscription",
     "UnknownNodeError",
     "encode_event",
+    "frame_event_batches",
+    "join_event_batches",
 ]

@@ -30,6 +30,44 @@ def encode_event(
         ``COPY events (run_id, seq, ts, kind, node_id, body)``.
     """
 
+def frame_event_batches(bodies: Sequence[bytes], limit: int = 1048576) -> list[bytes]:
+    """Builds the EventBatch messages holding stored events, without decoding them.
+
+    Each body gets its frame (``EventBatch.events``' field tag, then its length
+    as a varint) and the frames are concatenated into batches. Nothing is
+    decoded or re-encoded.
+
+    Args:
+        bodies: Encoded ``statepipe.v1.Event`` messages, as stored in
+            PostgreSQL (``events.body``), in the order to send them.
+        limit: The most bytes a batch holds. An event larger than ``limit`` is
+            a batch of its own, never dropped or cut.
+
+    Returns:
+        Encoded ``statepipe.v1.EventBatch`` messages, in order; together they
+        hold every event once. No bodies, no batches.
+
+    Raises:
+        TypeError: An item is not ``bytes``, or ``bodies`` is a single value.
+        ValueError: ``limit`` is negative.
+    """
+
+def join_event_batches(frames: Sequence[bytes], limit: int = 1048576) -> list[bytes]:
+    """Like :func:`frame_event_batches` for events that are framed already.
+
+    Args:
+        frames: Framed events, as :func:`encode_event` returns them and the
+            event bus carries them; copied as they are.
+        limit: The most bytes a batch holds; a larger event is a batch of its own.
+
+    Returns:
+        Encoded ``statepipe.v1.EventBatch`` messages, in order.
+
+    Raises:
+        TypeError: An item is not ``bytes``, or ``frames`` is a single value.
+        ValueError: ``limit`` is negative.
+    """
+
 class DagError(Exception):
     """A graph is not a valid DAG."""
 

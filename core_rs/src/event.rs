@@ -4,6 +4,11 @@
 //! Emitting a token is the hottest path of the control plane; doing this in
 //! one native call instead of building a protobuf message and a database row
 //! in Python is most of its cost.
+//!
+//! Watchers receive `EventBatch` messages: a batch is its events' frames
+//! (field 1's tag, the length, the bytes) one after another, so one is built
+//! by concatenation, from the stored bodies on replay or from the bus's frames
+//! live, without decoding anything ([`plan_batches`], [`write_batch`]).
 
 /// The fields of an event. `data` is an encoded `google.protobuf.Struct`.
 pub struct EventFields<'a> {
@@ -65,13 +70,122 @@ pub fn encode(event: &EventFields<'_>, out: &mut Vec<u8>) {
     bytes_field(out, 10, event.data);
 }
 
+/// `EventBatch.events` is field 1, length-delimited: the tag byte of a frame.
+const EVENTS_TAG: u8 = 1 << 3 | 2;
+
+/// The size a batch of events is kept under, unless one event alone is larger:
+/// well below gRPC's default 4 MiB receive limit.
+pub const DEFAULT_BATCH_LIMIT: usize = 1 << 20;
+
 /// Appends `body` (an encoded Event) framed as one element of
 /// `EventBatch.events` (field 1): concatenated frames are an EventBatch.
+/// An empty event is still an element (`0a 00`).
 pub fn frame(body: &[u8], out: &mut Vec<u8>) {
-    bytes_field(out, 1, body);
-    if body.is_empty() {
-        out.extend_from_slice(&[0x0a, 0]); // an empty event is still an element
+    let (head, n) = frame_head(body.len());
+    out.extend_from_slice(&head[..n]);
+    out.extend_from_slice(body);
+}
+
+/// The bytes before a framed body: the tag, then the body's length as a varint
+/// (at most ten bytes); returns them and how many there are.
+fn frame_head(body_len: usize) -> ([u8; 11], usize) {
+    let mut head = [EVENTS_TAG; 11];
+    let mut n = body_len;
+    let mut at = 1;
+    while n >= 0x80 {
+        head[at] = (n as u8) | 0x80;
+        n >>= 7;
+        at += 1;
     }
+    head[at] = n as u8;
+    (head, at + 1)
+}
+
+/// The size of a `body_len`-byte event framed by [`frame`].
+pub fn framed_len(body_len: usize) -> usize {
+    // The varint takes 7 bits per byte; a length of 0 still takes one.
+    let varint_len = (usize::BITS - (body_len | 1).leading_zeros()).div_ceil(7) as usize;
+    1 + varint_len + body_len
+}
+
+/// What the items given to [`plan_batches`] and [`write_batch`] are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Items {
+    /// Encoded Events as stored in PostgreSQL: each gets its frame.
+    Bodies,
+    /// Events already framed (by [`frame`], as the bus carries them): copied as they are.
+    Frames,
+}
+
+impl Items {
+    fn encoded_len(self, item: &[u8]) -> usize {
+        match self {
+            Items::Bodies => framed_len(item.len()),
+            Items::Frames => item.len(),
+        }
+    }
+}
+
+/// One EventBatch message to build: `items[start..end]`, `len` bytes encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchPlan {
+    pub start: usize,
+    pub end: usize,
+    pub len: usize,
+}
+
+/// Splits `items` into consecutive EventBatch messages of at most `limit`
+/// bytes each, in order; an event larger than `limit` is a batch of its own.
+/// No items, no batches.
+pub fn plan_batches(items: &[&[u8]], kind: Items, limit: usize) -> Vec<BatchPlan> {
+    let mut plans = Vec::new();
+    let mut start = 0;
+    let mut len = 0;
+    for (i, item) in items.iter().enumerate() {
+        let size = kind.encoded_len(item);
+        if i > start && len + size > limit {
+            plans.push(BatchPlan { start, end: i, len });
+            start = i;
+            len = 0;
+        }
+        len += size;
+    }
+    if start < items.len() {
+        plans.push(BatchPlan { start, end: items.len(), len });
+    }
+    plans
+}
+
+/// Writes the EventBatch message holding `items` into `out`, which is exactly
+/// as long as the message (the `len` of its [`BatchPlan`]).
+///
+/// # Panics
+/// If `out` has another length: a caller's bug, never the data's.
+pub fn write_batch(items: &[&[u8]], kind: Items, out: &mut [u8]) {
+    let mut at = 0;
+    for item in items {
+        if kind == Items::Bodies {
+            let (head, n) = frame_head(item.len());
+            out[at..at + n].copy_from_slice(&head[..n]);
+            at += n;
+        }
+        out[at..at + item.len()].copy_from_slice(item);
+        at += item.len();
+    }
+    assert_eq!(at, out.len(), "the buffer must be exactly the batch's length");
+}
+
+/// The EventBatch messages holding `items`, each at most `limit` bytes unless
+/// one event alone is larger (see [`plan_batches`]).
+pub fn event_batches(items: &[&[u8]], kind: Items, limit: usize) -> Vec<Vec<u8>> {
+    plan_batches(items, kind, limit)
+        .into_iter()
+        .map(|plan| {
+            let mut out = vec![0; plan.len];
+            write_batch(&items[plan.start..plan.end], kind, &mut out);
+            out
+        })
+        .collect()
 }
 
 /// Text for one COPY text-format column, with its special characters escaped.
@@ -187,6 +301,80 @@ mod tests {
         frame(b"abc", &mut out);
         frame(b"", &mut out);
         assert_eq!(out, [0x0a, 3, b'a', b'b', b'c', 0x0a, 0]);
+    }
+
+    #[test]
+    fn framed_len_counts_every_varint_length_class() {
+        for n in [0usize, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 1 << 28, usize::MAX >> 1] {
+            let mut head = Vec::new();
+            varint(&mut head, n as u64);
+            assert_eq!(framed_len(n), 1 + head.len() + n, "length {n}");
+        }
+    }
+
+    #[test]
+    fn batches_of_bodies_are_the_concatenated_frames() {
+        let bodies: Vec<Vec<u8>> = [0usize, 1, 127, 128, 300, 16_383, 16_384, 2_097_152]
+            .iter()
+            .map(|&n| (0..n).map(|i| i as u8).collect())
+            .collect();
+        let items: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let mut expected = Vec::new();
+        for body in &items {
+            frame(body, &mut expected);
+        }
+        assert_eq!(event_batches(&items, Items::Bodies, usize::MAX), [expected.clone()]);
+        // Frames given as they are make the same batch.
+        let frames: Vec<Vec<u8>> = items
+            .iter()
+            .map(|body| {
+                let mut out = Vec::new();
+                frame(body, &mut out);
+                out
+            })
+            .collect();
+        let framed: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        assert_eq!(event_batches(&framed, Items::Frames, usize::MAX), [expected]);
+    }
+
+    #[test]
+    fn batches_split_under_the_limit_in_order() {
+        let bodies: Vec<Vec<u8>> = (0..50).map(|i| vec![i as u8; i * 7 % 40]).collect();
+        let items: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let plans = plan_batches(&items, Items::Bodies, 100);
+        assert!(plans.len() > 1);
+        assert_eq!(plans[0].start, 0);
+        assert_eq!(plans.last().unwrap().end, items.len());
+        for (a, b) in plans.iter().zip(&plans[1..]) {
+            assert_eq!(a.end, b.start);
+            // Split only where the next event would not have fitted.
+            assert!(a.len + framed_len(items[a.end].len()) > 100);
+        }
+        let batches = event_batches(&items, Items::Bodies, 100);
+        assert!(batches.iter().all(|b| b.len() <= 100));
+        let mut whole = Vec::new();
+        for body in &items {
+            frame(body, &mut whole);
+        }
+        assert_eq!(batches.concat(), whole);
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_is_a_batch_of_its_own() {
+        let (small, big) = (vec![1u8; 10], vec![2u8; 500]);
+        let items: Vec<&[u8]> = vec![&small, &big, &small, &small];
+        let plans = plan_batches(&items, Items::Bodies, 100);
+        let ranges: Vec<_> = plans.iter().map(|p| (p.start, p.end)).collect();
+        assert_eq!(ranges, [(0, 1), (1, 2), (2, 4)]);
+        assert_eq!(plans[1].len, framed_len(500));
+        // A limit of zero: one event per batch.
+        assert_eq!(plan_batches(&items, Items::Bodies, 0).len(), 4);
+    }
+
+    #[test]
+    fn no_items_no_batches() {
+        assert!(event_batches(&[], Items::Bodies, 100).is_empty());
+        assert!(event_batches(&[], Items::Frames, 0).is_empty());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - [`dag`]: validation, topological order, levels, ancestry;
 //! - [`frontier`]: the scheduler's ready-set, rebuilt from stored statuses;
 //! - [`bus`]: the per-topic ring buffers that fan events out to subscribers;
-//! - [`event`]: one encoding of an event for watchers and for PostgreSQL's COPY;
+//! - [`event`]: one encoding of an event for watchers and for PostgreSQL's COPY,
+//!   and the EventBatch messages watchers receive, split under a size limit;
 //! - [`python`]: the PyO3 boundary (errors become Python exceptions only there).
 
 mod address;

@@ -667,9 +667,76 @@ fn encode_event<'py>(
     (PyBytes::new(py, &frame), PyBytes::new(py, &row))
 }
 
+/// The EventBatch messages holding `bodies` (encoded Events, as stored):
+/// each event framed, the batches in order and at most `limit` bytes unless
+/// one event alone is larger.
+#[pyfunction]
+#[pyo3(signature = (bodies, limit=event::DEFAULT_BATCH_LIMIT as i64))]
+fn frame_event_batches<'py>(
+    py: Python<'py>,
+    bodies: &Bound<'py, PyAny>,
+    limit: i64,
+) -> PyResult<Bound<'py, PyList>> {
+    event_batches(py, bodies, event::Items::Bodies, limit, "bodies")
+}
+
+/// Like `frame_event_batches` for events already framed (what
+/// `encode_event` returns and the bus carries): copied as they are.
+#[pyfunction]
+#[pyo3(signature = (frames, limit=event::DEFAULT_BATCH_LIMIT as i64))]
+fn join_event_batches<'py>(
+    py: Python<'py>,
+    frames: &Bound<'py, PyAny>,
+    limit: i64,
+) -> PyResult<Bound<'py, PyList>> {
+    event_batches(py, frames, event::Items::Frames, limit, "frames")
+}
+
+fn event_batches<'py>(
+    py: Python<'py>,
+    items: &Bound<'py, PyAny>,
+    kind: event::Items,
+    limit: i64,
+    what: &str,
+) -> PyResult<Bound<'py, PyList>> {
+    let limit = usize::try_from(limit)
+        .map_err(|_| PyValueError::new_err(format!("limit must not be negative, got {limit}")))?;
+    let as_bytes = |i: usize, item: Bound<'py, PyAny>| {
+        item.cast_into::<PyBytes>().map_err(|err| {
+            let got = err.into_inner();
+            let type_name = got.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+            PyTypeError::new_err(format!("{what}[{i}] is {type_name}, not bytes"))
+        })
+    };
+    let owned = if let Ok(list) = items.cast::<PyList>() {
+        list.iter().enumerate().map(|(i, item)| as_bytes(i, item)).collect::<PyResult<Vec<_>>>()?
+    } else if items.is_instance_of::<PyBytes>() || items.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!("{what} must be a sequence of bytes, not one value")));
+    } else {
+        items
+            .try_iter()?
+            .enumerate()
+            .map(|(i, item)| as_bytes(i, item?))
+            .collect::<PyResult<Vec<_>>>()?
+    };
+    let slices: Vec<&[u8]> = owned.iter().map(|b| b.as_bytes()).collect();
+    let batches = PyList::empty(py);
+    for plan in event::plan_batches(&slices, kind, limit) {
+        // Written straight into the bytes object: no intermediate buffer.
+        let batch = PyBytes::new_with(py, plan.len, |out| {
+            event::write_batch(&slices[plan.start..plan.end], kind, out);
+            Ok(())
+        })?;
+        batches.append(batch)?;
+    }
+    Ok(batches)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(encode_event, m)?)?;
+    m.add_function(wrap_pyfunction!(frame_event_batches, m)?)?;
+    m.add_function(wrap_pyfunction!(join_event_batches, m)?)?;
     m.add_class::<PyDag>()?;
     m.add_class::<PyFrontier>()?;
     m.add_class::<PyEventBus>()?;
