@@ -133,7 +133,13 @@ class DispatchMixin:
             metadata=node_plan.metadata,
             labels=dict(spec.labels),
         )
-        ctx = NodeContext(task, self.node_sink(node_id, node), asyncio.get_running_loop())
+        ctx = NodeContext(
+            task,
+            self.node_sink(node_id, node),
+            asyncio.get_running_loop(),
+            has_room=self.pipeline.has_room,
+            room=self.pipeline.room,
+        )
         self.contexts[node_id] = ctx
         if not getattr(self.scheduler.executor, "places_nodes", False):
             self.node_running(node, {})

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from control_plane.store import NodeRow, now, without_nul
+from control_plane.store import NodeRow, now, storable
 from executors.base import EventSink, NodeContext, NodeTask, describe_error
 
 if TYPE_CHECKING:
@@ -38,10 +38,11 @@ def json_safe(value: Any, what: str) -> Any:
     """The value as plain, storable JSON, or a NodeFailure saying why not.
 
     NaN and infinities are refused (JSON has no such numbers and PostgreSQL's
-    jsonb rejects them); NUL characters are replaced (text cannot hold them).
+    jsonb rejects them); NUL characters and lone surrogates, which PostgreSQL
+    text cannot hold, become U+FFFD (control_plane.store.storable).
     """
     try:
-        return without_nul(json.loads(json.dumps(value, allow_nan=False)))
+        return storable(json.loads(json.dumps(value, allow_nan=False)))
     except (TypeError, ValueError) as err:
         raise NodeFailure(f"{what} is not JSON-serializable: {err}", retry=False) from None
 

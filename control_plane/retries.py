@@ -13,7 +13,7 @@ import random
 from typing import TYPE_CHECKING
 
 from control_plane.plan import retry_delay_ms
-from control_plane.store import NodeRow, now, without_nul
+from control_plane.store import NodeRow, now, storable
 
 if TYPE_CHECKING:
     from control_plane.run_actor import RunActor
@@ -24,7 +24,7 @@ class RetryMixin:
 
     def attempt_failed(self: RunActor, node: NodeRow, message: str, retry: bool) -> None:
         spec = self.plan.nodes[node.node_id].spec
-        node.error = without_nul(message)
+        node.error = storable(message)
         node.finished_at = now()
         if retry and node.attempt < spec.retry.max_attempts and self.run.status != "CANCELLED":
             delay_ms = retry_delay_ms(spec.retry, node.attempt, random.random())

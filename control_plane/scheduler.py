@@ -25,7 +25,7 @@ from control_plane.limits import Limits
 from control_plane.pipeline import EventPipeline
 from control_plane.plan import Plan, compile_spec
 from control_plane.run_actor import RunActor
-from control_plane.store import NodeRow, RunRow, Store, now, without_nul
+from control_plane.store import NodeRow, RunRow, Store, now, storable
 from executors.base import Executor
 from executors.runners import RunnerRegistry
 from statepipe_api.v1 import statepipe_pb2 as pb
@@ -101,11 +101,12 @@ class Scheduler:
                 await self.store.release_lease(actor.run_id, self.owner)
 
     def lease_lost(self, run_ids: list[str]) -> None:
-        """Another control plane holds these runs now: their actors stop at once."""
+        """This owner may write no more for these runs (another control plane
+        holds them, or the writer failed them): their actors stop at once."""
         for run_id in run_ids:
             actor = self.actors.get(run_id)
             if actor is not None:
-                log.warning("run %s: lease lost to another control plane; stopping", run_id)
+                log.warning("run %s: no longer held by this control plane; stopping", run_id)
                 actor.lose_lease()
 
     async def _take_over(self, run_ids: list[str]) -> None:
@@ -148,9 +149,9 @@ class Scheduler:
         idempotency_key: str = "",
         labels: dict[str, str] | None = None,
     ) -> tuple[RunRow, bool]:
-        run_input = without_nul(run_input)
-        labels = without_nul(labels) if labels else labels
-        idempotency_key = without_nul(idempotency_key)
+        run_input = storable(run_input)
+        labels = storable(labels) if labels else labels
+        idempotency_key = storable(idempotency_key)
         plan.validate_input(run_input)
         await self.pipeline.room()  # backpressure while Postgres falls behind
         if idempotency_key:

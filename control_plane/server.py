@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import core_rs
+from control_plane.errors import Unavailable
 from control_plane.pipeline import EventPipeline
 from control_plane.scheduler import Scheduler, Settings
 from control_plane.service import SERVICE_NAME, Servicer, add_to_server
@@ -121,7 +122,12 @@ class ControlPlane:
         url = cfg.database_url or await asyncio.to_thread(database_url)
         self.store = await Store.open(url)
         bus = core_rs.EventBus(cfg.bus_capacity)
-        self.pipeline = EventPipeline(self.store, bus, flush_interval_ms=cfg.flush_interval_ms)
+        self.pipeline = EventPipeline(
+            self.store,
+            bus,
+            flush_interval_ms=cfg.flush_interval_ms,
+            on_failure=self._writer_failed,
+        )
         self.pipeline.start()
         runners = RunnerRegistry()
         executor = make_executor(cfg, runners)
@@ -157,13 +163,28 @@ class ControlPlane:
             raise OSError(f"cannot listen on {cfg.listen}")
         await self.scheduler.start(take_over=cfg.take_over)
         await self.server.start()
-        health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health = health_servicer
+        if self.pipeline.failure is None:
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        else:  # the writer died while the rest started
+            self._writer_failed(self.pipeline.failure)
         if cfg.tune_gc:
             tune_gc()
         log.info("statepipe control plane listening on %s", self.address)
         return self.port
+
+    def _set_health(self, status: Any) -> None:
+        if self._health is not None:
+            for service in (SERVICE_NAME, ""):
+                self._health.set(service, status)
+
+    def _writer_failed(self, why: str) -> None:
+        """The event writer died: nothing more can be stored, so stop looking healthy.
+
+        The servicer answers UNAVAILABLE on its own (flush() raises Unavailable).
+        """
+        log.error("the event writer stopped: %s; the server reports NOT_SERVING", why)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful: stop taking work, let streams end, leave runs for recovery."""
@@ -175,7 +196,10 @@ class ControlPlane:
         else:
             stopping = None
         if self.scheduler is not None:
-            await self.scheduler.stop()
+            try:
+                await self.scheduler.stop()
+            except Unavailable as err:  # the writer died: the rest still stops
+                log.warning("stopping the scheduler: %s", err)
             await self.scheduler.executor.close()
         if stopping is not None:
             await stopping

@@ -12,8 +12,9 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,34 +24,101 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from statepipe_api.lifecycle import ACTIVE_RUN
+
 log = logging.getLogger(__name__)
 
 UTC = dt.UTC
-ACTIVE_RUN_STATUSES = ("PENDING", "RUNNING")
 
 
 def now() -> dt.datetime:
     return dt.datetime.now(UTC)
 
 
-def without_nul(value: Any) -> Any:
-    """The value with every NUL character replaced by U+FFFD, in strings and keys.
+def storable(value: Any) -> Any:
+    """The value as PostgreSQL text and jsonb can hold it.
 
-    PostgreSQL text and jsonb cannot hold NUL: one such value would fail its
-    whole batch, again and again. Callers clean data where it enters; the
-    store cleans again before writing.
+    NUL characters and lone surrogates (text that is not valid UTF-8, common
+    in LLM output) become U+FFFD, in strings and keys (a surrogate pair
+    written as two escapes joins into its character); NaN and +-Infinity,
+    which jsonb refuses, become None. Tuples become lists. One such value
+    would otherwise fail its whole batch: callers clean data where it enters;
+    the store cleans again before writing.
     """
+    kind = type(value)  # exact types first: this runs for every value written
+    if kind is str:  # isascii() is O(1): plain text passes after one scan for NUL
+        return value if value.isascii() and "\x00" not in value else _storable_text(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        return {storable(k): storable(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [storable(v) for v in value]
+    if kind is float:
+        return value if math.isfinite(value) else None
+    # Subclasses (an enum of str, a numpy float, an OrderedDict, ...).
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+        if value.isascii() and "\x00" not in value:
+            return value
+        return _storable_text(str.__str__(value))
     if isinstance(value, dict):
-        return {without_nul(k): without_nul(v) for k, v in value.items()}
+        return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [without_nul(v) for v in value]
+        return [storable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     return value
 
 
+_PLAIN = frozenset({int, bool, type(None), bytes, dt.datetime})
+
+
+def _storable_text(text: str) -> str:
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+MEND_MAX_DEPTH = 200
+MEND_MAX_INT_DIGITS = 4000
+
+
+def mend(value: Any, depth: int = 0) -> Any:
+    """`storable`, and by force: plain JSON values only.
+
+    What psycopg or json cannot write becomes text: bytes, sets and other
+    objects their (shortened) repr, integers too long to print their size,
+    nesting deeper than MEND_MAX_DEPTH a marker. For the last try at storing
+    a run whose data was refused (EventPipeline), not for the common path.
+    """
+    if value is None or isinstance(value, bool | str | float):
+        return storable(value)
+    if isinstance(value, int):
+        if value.bit_length() > MEND_MAX_INT_DIGITS * 3.32:
+            return f"<an integer of about {int(value.bit_length() / 3.32)} digits>"
+        return int(value)
+    if depth >= MEND_MAX_DEPTH:
+        return f"<nested deeper than {MEND_MAX_DEPTH} levels>"
+    if isinstance(value, dict):
+        return {
+            (mend(k, depth + 1) if isinstance(k, str) else storable(repr(k))): mend(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mend(v, depth + 1) for v in value]
+    try:
+        text = repr(value)
+    except Exception as err:  # a broken __repr__
+        text = f"<{type(value).__name__}: repr failed: {type(err).__name__}>"
+    return storable(text[:1000])
+
+
 def _jsonb(value: Any) -> Jsonb | None:
-    return None if value is None else Jsonb(without_nul(value))
+    return None if value is None else Jsonb(storable(value))
 
 
 @dataclasses.dataclass
@@ -125,28 +193,91 @@ _JSON_NODE = {"input", "output", "usage"}
 
 def _run_values(row: RunRow, columns: Sequence[str]) -> list[Any]:
     return [
-        _jsonb(getattr(row, c)) if c in _JSON_RUN else without_nul(getattr(row, c)) for c in columns
+        _jsonb(getattr(row, c)) if c in _JSON_RUN else storable(getattr(row, c)) for c in columns
     ]
 
 
 def _node_values(row: NodeRow, columns: Sequence[str]) -> list[Any]:
     return [
-        _jsonb(getattr(row, c)) if c in _JSON_NODE else without_nul(getattr(row, c))
-        for c in columns
+        _jsonb(getattr(row, c)) if c in _JSON_NODE else storable(getattr(row, c)) for c in columns
     ]
 
 
 @dataclasses.dataclass
 class Batch:
-    """Writes that commit together: new runs, row updates (last one wins) and events."""
+    """Writes that commit together: new runs, row updates (last one wins) and events.
+
+    `failures` (run id -> error) are runs the writer fails because their data
+    could not be stored: one minimal update each (FAILED, the error, the
+    lease given up), nothing else of theirs.
+    """
 
     new_runs: list[tuple[RunRow, list[NodeRow]]] = dataclasses.field(default_factory=list)
     runs: dict[str, RunRow] = dataclasses.field(default_factory=dict)
     nodes: dict[tuple[str, str], NodeRow] = dataclasses.field(default_factory=dict)
     events: list[EventRow] = dataclasses.field(default_factory=list)
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.new_runs or self.runs or self.nodes or self.events)
+        return bool(self.new_runs or self.runs or self.nodes or self.events or self.failures)
+
+    def run_ids(self) -> list[str]:
+        """Every run the batch writes for, in first-seen order."""
+        seen: dict[str, None] = {run.run_id: None for run, _ in self.new_runs}
+        seen.update(dict.fromkeys(self.runs))
+        seen.update(dict.fromkeys(run_id for run_id, _ in self.nodes))
+        seen.update(dict.fromkeys(e.run_id for e in self.events))
+        seen.update(dict.fromkeys(self.failures))
+        return list(seen)
+
+    def by_run(self) -> dict[str, Batch]:
+        """The batch split into one batch per run, in first-seen order."""
+        parts = {run_id: Batch() for run_id in self.run_ids()}
+        for run, nodes in self.new_runs:
+            parts[run.run_id].new_runs.append((run, nodes))
+        for run_id, run in self.runs.items():
+            parts[run_id].runs[run_id] = run
+        for key, node in self.nodes.items():
+            parts[key[0]].nodes[key] = node
+        for event in self.events:
+            parts[event.run_id].events.append(event)
+        for run_id, error in self.failures.items():
+            parts[run_id].failures[run_id] = error
+        return parts
+
+    def without(self, run_ids: Collection[str]) -> Batch:
+        """The batch with nothing of `run_ids`."""
+        return Batch(
+            new_runs=[(r, n) for r, n in self.new_runs if r.run_id not in run_ids],
+            runs={k: r for k, r in self.runs.items() if k not in run_ids},
+            nodes={k: n for k, n in self.nodes.items() if k[0] not in run_ids},
+            events=[e for e in self.events if e.run_id not in run_ids],
+            failures={k: e for k, e in self.failures.items() if k not in run_ids},
+        )
+
+    def mended(self) -> Batch:
+        """A copy with every run and node value passed through `mend`.
+
+        Events are bytes encoded from values made storable when they were emitted.
+        """
+        return Batch(
+            new_runs=[(_mended_row(r), [_mended_row(n) for n in ns]) for r, ns in self.new_runs],
+            runs={k: _mended_row(r) for k, r in self.runs.items()},
+            nodes={k: _mended_row(n) for k, n in self.nodes.items()},
+            events=list(self.events),
+            failures={k: storable(e) for k, e in self.failures.items()},
+        )
+
+
+def _mended_row(row: Any) -> Any:
+    return dataclasses.replace(
+        row,
+        **{
+            f.name: mend(getattr(row, f.name))
+            for f in dataclasses.fields(row)
+            if not isinstance(getattr(row, f.name), bytes | dt.datetime)
+        },
+    )
 
 
 class Conflict(Exception):
@@ -413,13 +544,50 @@ class Store:
 
     # ---------------------------------------------------------------- writes
 
-    async def commit(self, batch: Batch) -> None:
-        """Writes a batch in one transaction."""
+    async def commit(self, batch: Batch, owner: str | None = None) -> list[str]:
+        """Writes a batch in one transaction; returns the runs it wrote nothing for.
+
+        With an `owner` the batch is fenced: first the runs it touches (other
+        than its own new runs, which are the owner's by construction) are
+        locked where `owner` holds their lease, then only what belongs to those
+        is written. A run held by another owner, or by nobody, is lost: none of
+        its rows or events are written, and it is in the list returned. A run's
+        final update may give up the lease (lease_owner = NULL): the fence
+        checks the stored owner before the update, so that write still lands.
+        One round trip more than an unfenced batch, and only when the batch
+        touches runs that already exist.
+        """
         async with self.pool.connection() as conn:
             async with conn.transaction():
-                await self._write(conn, batch)
+                lost = await self._fence(conn, batch, owner) if owner is not None else []
+                await self._write(conn, batch.without(set(lost)) if lost else batch, owner)
+        return lost
 
-    async def _write(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+    async def _fence(
+        self, conn: psycopg.AsyncConnection[Any], batch: Batch, owner: str
+    ) -> list[str]:
+        """Locks the batch's stored runs that `owner` holds; returns the others."""
+        touched = batch.run_ids()
+        if batch.new_runs:
+            new = {run.run_id for run, _ in batch.new_runs}
+            touched = [run_id for run_id in touched if run_id not in new]
+        if not touched:
+            return []
+        # The lock a lease change (claim, renew, release) must wait for; weaker
+        # than FOR UPDATE, so that it does not block inserts of nodes (their
+        # foreign key takes KEY SHARE). In run id order, so that two writers
+        # locking the same runs cannot deadlock.
+        cur = await conn.execute(
+            "SELECT run_id FROM runs WHERE run_id = ANY(%s) AND lease_owner = %s"
+            " ORDER BY run_id FOR NO KEY UPDATE",
+            (touched, owner),
+        )
+        held = {r[0] for r in await cur.fetchall()}
+        return [run_id for run_id in touched if run_id not in held]
+
+    async def _write(
+        self, conn: psycopg.AsyncConnection[Any], batch: Batch, owner: str | None = None
+    ) -> None:
         async with conn.cursor() as cur:
             if batch.new_runs:
                 await cur.executemany(
@@ -459,49 +627,93 @@ class Store:
                     "last_seq = GREATEST(last_seq, %s)" if c == "last_seq" else f"{c} = %s"
                     for c in _RUN_MUTABLE
                 )
+                if owner is None:
+                    await cur.executemany(
+                        f"UPDATE runs SET {sets} WHERE run_id = %s",
+                        [[*_run_values(r, _RUN_MUTABLE), r.run_id] for r in batch.runs.values()],
+                    )
+                else:
+                    await cur.executemany(
+                        f"UPDATE runs SET {sets} WHERE run_id = %s AND lease_owner = %s",
+                        [
+                            [*_run_values(r, _RUN_MUTABLE), r.run_id, owner]
+                            for r in batch.runs.values()
+                        ],
+                    )
+            if batch.failures:
                 await cur.executemany(
-                    f"UPDATE runs SET {sets} WHERE run_id = %s",
-                    [[*_run_values(r, _RUN_MUTABLE), r.run_id] for r in batch.runs.values()],
+                    "UPDATE runs SET status = 'FAILED', error = %s, finished_at = now(),"
+                    " updated_at = now(), lease_owner = NULL, lease_expires_at = NULL"
+                    " WHERE run_id = %s AND (%s::text IS NULL OR lease_owner = %s)",
+                    [
+                        (storable(error), run_id, owner, owner)
+                        for run_id, error in batch.failures.items()
+                    ],
                 )
 
     # ---------------------------------------------------------------- leases
 
     async def claim_runs(
-        self, owner: str, lease_ms: int, dead_owners: Iterable[str] = ()
+        self,
+        owner: str,
+        lease_ms: int,
+        dead_owners: Iterable[str] = (),
+        *,
+        exclude: Sequence[str] = (),
     ) -> list[str]:
-        """Takes over active runs whose lease expired or whose owner is known dead."""
+        """Takes over active runs whose lease expired, that nobody holds, or whose
+        owner is known dead; never another live owner's, never those in `exclude`."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "UPDATE runs SET lease_owner = %s,"
                 " lease_expires_at = now() + make_interval(secs => %s)"
-                " WHERE status = ANY(%s) AND (lease_owner IS NULL OR lease_owner = %s"
+                " WHERE status = ANY(%s) AND NOT (run_id = ANY(%s))"
+                " AND (lease_owner IS NULL OR lease_owner = %s"
                 "  OR lease_expires_at < now() OR lease_owner = ANY(%s))"
                 " RETURNING run_id",
-                (owner, lease_ms / 1000, list(ACTIVE_RUN_STATUSES), owner, list(dead_owners)),
+                (
+                    owner,
+                    lease_ms / 1000,
+                    list(ACTIVE_RUN),
+                    list(exclude),
+                    owner,
+                    list(dead_owners),
+                ),
             )
             return [r[0] for r in await cur.fetchall()]
 
-    async def lease_run(self, run_id: str, owner: str, lease_ms: int) -> bool:
+    async def lease_run(
+        self, run_id: str, owner: str, lease_ms: int, dead_owners: Iterable[str] = ()
+    ) -> bool:
         """Takes the lease of one run unless another live owner holds it."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "UPDATE runs SET lease_owner = %s,"
                 " lease_expires_at = now() + make_interval(secs => %s)"
                 " WHERE run_id = %s AND (lease_owner IS NULL OR lease_owner = %s"
-                "  OR lease_expires_at < now())",
-                (owner, lease_ms / 1000, run_id, owner),
+                "  OR lease_expires_at < now() OR lease_owner = ANY(%s))",
+                (owner, lease_ms / 1000, run_id, owner, list(dead_owners)),
             )
             return cur.rowcount == 1
 
-    async def renew_leases(self, owner: str, lease_ms: int) -> int:
-        """One statement for every run this owner holds (no per-run heartbeat rows)."""
+    async def renew_leases(self, owner: str, lease_ms: int) -> list[str]:
+        """One statement for every run this owner holds (no per-run heartbeat
+        rows); returns the runs renewed."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s)"
-                " WHERE lease_owner = %s",
+                " WHERE lease_owner = %s RETURNING run_id",
                 (lease_ms / 1000, owner),
             )
-            return cur.rowcount
+            return [r[0] for r in await cur.fetchall()]
+
+    async def lease_holders(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        """The stored lease owner of each of `run_ids` that exists."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT run_id, lease_owner FROM runs WHERE run_id = ANY(%s)", (list(run_ids),)
+            )
+            return {r[0]: r[1] for r in await cur.fetchall()}
 
     async def release_lease(self, run_id: str, owner: str) -> None:
         async with self.pool.connection() as conn:
@@ -516,7 +728,7 @@ class Store:
             cur = await conn.execute(
                 "SELECT DISTINCT lease_owner FROM runs WHERE lease_owner IS NOT NULL"
                 " AND status = ANY(%s)",
-                (list(ACTIVE_RUN_STATUSES),),
+                (list(ACTIVE_RUN),),
             )
             return [r[0] for r in await cur.fetchall()]
 
@@ -524,9 +736,9 @@ class Store:
 def _node_copy_values(node: NodeRow) -> list[Any]:
     # COPY in text format takes JSON as text.
     return [
-        json.dumps(without_nul(getattr(node, c)))
+        json.dumps(storable(getattr(node, c)))
         if c in _JSON_NODE and getattr(node, c) is not None
-        else without_nul(getattr(node, c))
+        else storable(getattr(node, c))
         for c in NODE_COLUMNS
     ]
 

@@ -18,6 +18,9 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 
 DRAIN_SLICE = 2000  # events from worker threads handled per event-loop callback
+# A worker thread that emits waits while this many of its events wait for the loop.
+OUTBOX_LIMIT = 5 * DRAIN_SLICE
+ROOM_POLL_S = 0.1  # how often a waiting worker thread looks for cancellation
 
 
 class NodeError(Exception):
@@ -55,9 +58,28 @@ class NodeContext:
     """What a node function receives as `ctx`.
 
     Every method may be called from the event loop or from a worker thread.
+
+    Backpressure: a worker thread that emits (a sync node function) blocks
+    while the consumer is over its limit (`has_room` cleared) or while
+    OUTBOX_LIMIT of its events wait for the event loop; it wakes early when
+    the node is cancelled. Code on the event loop (async node functions)
+    cannot be blocked: its events are queued at once, bounded only by what
+    its own node emits; it may `await ctx.room()` to cooperate.
+
+    Args:
+        has_room: Set while the consumer of the events takes more.
+        room: Awaits that (for code on the event loop, `room()`).
     """
 
-    def __init__(self, task: NodeTask, sink: EventSink, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        task: NodeTask,
+        sink: EventSink,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        has_room: threading.Event | None = None,
+        room: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.run_id = task.run_id
         self.node_id = task.node_id
         self.attempt = task.attempt
@@ -72,6 +94,15 @@ class NodeContext:
         self._outbox: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self._outbox_lock = threading.Lock()
         self._drain_scheduled = False
+        # Backpressure from whoever consumes the events (the control plane's
+        # event pipeline): set while it has room, cleared while it is over its
+        # limit. Worker threads that emit wait for it; so they do for the
+        # outbox itself while the loop has not drained it.
+        self._has_room = has_room
+        self._room = room
+        # Made when a thread first fills the outbox (most nodes never do, and
+        # creating an Event per node would slow dispatch down).
+        self._outbox_room: threading.Event | None = None
         self._on_running: Callable[[dict[str, Any]], None] | None = None
         self.usage: dict[str, float] = {}
 
@@ -92,6 +123,12 @@ class NodeContext:
         """Delivers an event the node produced elsewhere (another process or
         machine), in order with the others. On the event loop only."""
         self._sink(kind, fields)
+
+    async def room(self) -> None:
+        """Returns once the consumer of the events has room for more (at once
+        while it has). On the event loop, e.g. before relaying more events."""
+        if self._room is not None:
+            await self._room()
 
     # -- cancellation
     @property
@@ -155,20 +192,39 @@ class NodeContext:
         if threading.get_ident() == self._loop_thread:
             self._sink(kind, fields)
             return
+        has_room = self._has_room
+        if has_room is not None and not has_room.is_set():
+            self._wait(has_room)
         with self._outbox_lock:
             self._outbox.append((kind, fields))
-            if self._drain_scheduled:
-                return
+            outbox_room = None
+            if len(self._outbox) >= OUTBOX_LIMIT:
+                if self._outbox_room is None:
+                    self._outbox_room = threading.Event()
+                outbox_room = self._outbox_room
+                outbox_room.clear()
+            schedule = not self._drain_scheduled
             self._drain_scheduled = True
-        # One wake-up per burst, not per token. The scheduler calls flush()
-        # when the node returns, so every event lands before its final status.
-        self._loop.call_soon_threadsafe(self._drain)
+        if schedule:
+            # One wake-up per burst, not per token. The scheduler calls flush()
+            # when the node returns, so every event lands before its final status.
+            self._loop.call_soon_threadsafe(self._drain)
+        if outbox_room is not None:
+            self._wait(outbox_room)
+
+    def _wait(self, room: threading.Event) -> None:
+        """Blocks this worker thread until `room` is set or the node is cancelled."""
+        while not room.wait(ROOM_POLL_S):
+            if self._cancelled.is_set():
+                return
 
     def flush(self) -> None:
         """Delivers every event still waiting from worker threads (on the loop)."""
         with self._outbox_lock:
             events = list(self._outbox)
             self._outbox.clear()
+            if self._outbox_room is not None:
+                self._outbox_room.set()
         for kind, fields in events:
             self._sink(kind, fields)
 
@@ -180,6 +236,8 @@ class NodeContext:
             events = [self._outbox.popleft() for _ in range(count)]
             more = bool(self._outbox)
             self._drain_scheduled = more
+            if self._outbox_room is not None and len(self._outbox) <= OUTBOX_LIMIT // 2:
+                self._outbox_room.set()
         for kind, fields in events:
             self._sink(kind, fields)
         if more:

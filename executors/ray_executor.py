@@ -493,15 +493,21 @@ class RayExecutor:
         try:
             async for ref in stream:
                 batch = await ref
+                relayed: NodeContext | None = None
                 for call_id, events in batch:
                     call = worker.calls.get(call_id)
                     if call is None:
                         continue
                     for kind, fields in events:
                         call.ctx.relay(kind, fields)
+                    relayed = call.ctx
                     call.received += len(events)
                     if call.caught_up is not None and call.received >= call.target:
                         call.caught_up.set()
+                if relayed is not None:
+                    # Read no more while the control plane is over its limit
+                    # of uncommitted events (every node's ctx says the same).
+                    await relayed.room()
         except asyncio.CancelledError:
             _cancel(stream)
             raise
