@@ -9,18 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core_rs import Dag, Frontier, FrontierError, UnknownNodeError
+from statepipe_api.lifecycle import FINAL_NODE, NODE_STATUSES
 
-FINAL = {"SUCCEEDED", "SKIPPED", "FAILED", "CANCELLED"}
-ALL_STATUSES = [
-    "PENDING",
-    "QUEUED",
-    "RUNNING",
-    "RETRY_WAIT",
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
-    "SKIPPED",
-]
+# The frontier speaks the node statuses of the lifecycle (statepipe_api.lifecycle).
+FINAL = set(FINAL_NODE)
+ALL_STATUSES = list(NODE_STATUSES)
 
 
 def diamond() -> Dag:
