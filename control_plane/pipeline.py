@@ -150,6 +150,8 @@ class EventPipeline:
         self._waiters: list[asyncio.Future[None]] = []
         # Waiters of the batch being committed now.
         self._committing: list[asyncio.Future[None]] = []
+        # The writer has taken a batch and not yet published it.
+        self._in_flight = False
         self._seqs: dict[str, int] = {}
         # Open WatchRuns streams; run summaries are only built while there are some.
         self.summary_watchers = 0
@@ -310,11 +312,15 @@ class EventPipeline:
         """
         if self.failure is not None:
             raise self._unavailable()
-        if not (self._batch or self._to_close):
-            return
         future = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        self._kick()
+        if self._batch or self._to_close:
+            self._waiters.append(future)
+            self._kick()
+        elif self._in_flight:
+            # The writer took everything queued and is committing it now.
+            self._committing.append(future)
+        else:
+            return
         await future
 
     async def room(self) -> None:
@@ -364,6 +370,7 @@ class EventPipeline:
             publish, self._to_publish = self._to_publish, []
             closing, self._to_close = self._to_close, []
             self._committing, self._waiters = self._waiters, []
+            self._in_flight = True
             dropped: set[str] = set()
             if batch:
                 dropped = await self._commit(batch, self._opens)
@@ -374,6 +381,7 @@ class EventPipeline:
             pause = min(pause * 2, MAX_PAUSE_S) if busy else self.flush_interval
             await self._publish(batch, publish, closing, dropped)
             waiters, self._committing = self._committing, []
+            self._in_flight = False
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
