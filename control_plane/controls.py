@@ -106,6 +106,7 @@ class ControlsMixin:
     def _reset(self: RunActor, node: NodeRow) -> None:
         node.output = None
         node.finished_at = None
+        node.traceback = ""
         self.set_node(node, "PENDING", error="")
 
     async def _stop_inflight(self: RunActor) -> None:

@@ -71,6 +71,7 @@ def node_to_proto(node: NodeRow, after: list[str] | None = None) -> pb.NodeState
         attempt=node.attempt,
         error=node.error,
         after=after or [],
+        traceback=node.traceback,
     )
     set_value(msg.input, node.input)
     set_value(msg.output, node.output)

@@ -74,7 +74,8 @@ class DispatchMixin:
             node = self.nodes[node_id]
             if node.status != "QUEUED":
                 node.queued_at = t
-                self.set_node(node, "QUEUED")
+                # Numbered as the attempt it waits to become (it counts on RUNNING).
+                self.set_node(node, "QUEUED", attempt=node.attempt + 1)
             self.queued.append(node_id)
 
     def _scope(self: RunActor, node_ids: Iterable[str]) -> dict[str, Any]:
@@ -116,6 +117,7 @@ class DispatchMixin:
         node.input = params
         node.finished_at = None
         node.error = ""
+        node.traceback = ""
         task = NodeTask(
             run_id=self.run_id,
             node_id=node_id,

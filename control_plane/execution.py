@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from control_plane.store import NodeRow, now, storable
-from executors.base import EventSink, NodeContext, NodeTask, describe_error
+from executors.base import EventSink, NodeContext, NodeTask, describe_error, error_traceback
 
 if TYPE_CHECKING:
     from control_plane.run_actor import RunActor
@@ -102,9 +102,11 @@ class ExecutionMixin:
                 ctx.cancel()
             raise  # interrupt, cancel or shutdown: the control decides the status
         except Exception as err:
-            retry = not isinstance(err, NodeFailure) or err.retry
-            message = str(err) if isinstance(err, NodeFailure) else describe_error(err)
-            self.attempt_failed(node, message, retry)
+            if isinstance(err, NodeFailure):
+                self.attempt_failed(node, str(err), err.retry)
+            else:
+                retry = getattr(err, "retryable", True)
+                self.attempt_failed(node, describe_error(err), retry, error_traceback(err))
         finally:
             self.contexts.pop(node_id, None)
             if self.inflight.pop(node_id, None) is not None:

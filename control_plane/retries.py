@@ -22,10 +22,16 @@ if TYPE_CHECKING:
 class RetryMixin:
     """What happens after a failed attempt."""
 
-    def attempt_failed(self: RunActor, node: NodeRow, message: str, retry: bool) -> None:
+    def attempt_failed(
+        self: RunActor, node: NodeRow, message: str, retry: bool, traceback: str = ""
+    ) -> None:
+        """Another attempt after the policy's delay, or FAILED. `retry` False:
+        another attempt cannot mend it (the retry policy does not apply)."""
         spec = self.plan.nodes[node.node_id].spec
         node.error = storable(message)
+        node.traceback = storable(traceback)
         node.finished_at = now()
+        extra = {"traceback": node.traceback} if node.traceback else {}
         if retry and node.attempt < spec.retry.max_attempts and self.run.status != "CANCELLED":
             delay_ms = retry_delay_ms(spec.retry, node.attempt, random.random())
             self.set_node(
@@ -36,6 +42,7 @@ class RetryMixin:
                     "retry_in_ms": delay_ms,
                     "next_attempt": node.attempt + 1,
                     "max_attempts": spec.retry.max_attempts,
+                    **extra,
                 },
             )
             self.retry_timers[node.node_id] = asyncio.get_running_loop().call_later(
@@ -43,7 +50,7 @@ class RetryMixin:
             )
             self.node_hook("on_retry", node)
             return
-        self.set_node(node, "FAILED", level="error")
+        self.set_node(node, "FAILED", level="error", data=extra or None)
         skipped = self.frontier.fail(node.node_id)  # type: ignore[union-attr]
         for other in skipped:
             self.set_node(

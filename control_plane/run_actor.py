@@ -188,7 +188,8 @@ class RunActor(DispatchMixin, ExecutionMixin, RetryMixin, ControlsMixin):
         self.run.finished_at = now()
         if failed:
             names = ", ".join(repr(n.node_id) for n in failed[:5])
-            self.run.error = f"{len(failed)} node(s) failed: {names}"
+            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            self.run.error = f"{len(failed)} node(s) failed: {names}{more}"
         else:
             self.run.error = ""
         # Each sink node's output; null when no sink succeeded.
@@ -219,8 +220,10 @@ class RunActor(DispatchMixin, ExecutionMixin, RetryMixin, ControlsMixin):
         message: str = "",
         level: str = "",
         data: dict[str, Any] | None = None,
+        attempt: int | None = None,
     ) -> None:
-        """A node's status change: checked, counted, written, and an event."""
+        """A node's status change: checked, counted, written, and an event
+        (numbered with the node's attempt unless `attempt` says otherwise)."""
         if self.lost:
             return
         old = node.status
@@ -238,7 +241,7 @@ class RunActor(DispatchMixin, ExecutionMixin, RetryMixin, ControlsMixin):
         self.emit(
             "node_status",
             node_id=node.node_id,
-            attempt=node.attempt,
+            attempt=node.attempt if attempt is None else attempt,
             status=status,
             message=message
             or (node.error if status in ("FAILED", "RETRY_WAIT", "SKIPPED") else ""),

@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 import grpc
@@ -50,6 +51,9 @@ class ServerConfig:
     # RayExecutor keyword arguments: pool_size, max_actors_per_shape, idle_s,
     # infeasible_s, connect_timeout_s, cancel_grace_s, init_options (docs/ray.md).
     ray: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Folders node code (python callables, hooks) is imported from, besides
+    # sys.path: `statepipe server --path DIR`.
+    paths: list[str] = dataclasses.field(default_factory=list)
     # Freeze what start-up allocated out of the garbage collector's sight and
     # collect the young generation less often (see tune_gc).
     tune_gc: bool = True
@@ -119,6 +123,9 @@ class ControlPlane:
 
     async def start(self) -> int:
         cfg = self.config
+        # Node code is imported by module name: the folders it lives in join
+        # sys.path (Ray workers get the driver's sys.path too).
+        sys.path.extend(p for p in cfg.paths if p not in sys.path)
         url = cfg.database_url or await asyncio.to_thread(database_url)
         self.store = await Store.open(url)
         bus = core_rs.EventBus(cfg.bus_capacity)

@@ -155,6 +155,7 @@ class NodeRow:
     output: Any = None
     error: str = ""
     usage: dict[str, Any] | None = None
+    traceback: str = ""
     queued_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
+import os
 import threading
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -24,7 +27,28 @@ ROOM_POLL_S = 0.1  # how often a waiting worker thread looks for cancellation
 
 
 class NodeError(Exception):
-    """A node failed in a way worth a clear one-line error (not a traceback)."""
+    """A node failed in a way worth a clear one-line error (not a traceback).
+
+    Args:
+        message: the error, one line a person can act on.
+        retryable: False for a failure another attempt cannot mend (the
+            callable cannot be imported, its arguments do not bind): the node
+            fails at once instead of following its retry policy.
+        traceback: the node code's traceback, when it came from one (crosses
+            process boundaries, e.g. from a Ray worker).
+    """
+
+    def __init__(self, message: str = "", *, retryable: bool = True, traceback: str = "") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.traceback = traceback
+
+    def __reduce__(self) -> Any:
+        return (_node_error, (str(self), self.retryable, self.traceback))
+
+
+def _node_error(message: str, retryable: bool, traceback: str) -> NodeError:
+    return NodeError(message, retryable=retryable, traceback=traceback)
 
 
 def describe_error(err: BaseException) -> str:
@@ -34,6 +58,32 @@ def describe_error(err: BaseException) -> str:
     if name == "NodeError":
         return text
     return f"{name}: {text}" if text else name
+
+
+# Frames of these directories are statepipe's or the standard library's
+# plumbing between a node's code and its failure, not the user's code.
+_PLUMBING = (
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.abspath(asyncio.__file__)),
+    os.path.dirname(os.path.abspath(concurrent.futures.__file__)),
+)
+TRACEBACK_LIMIT = 16_384  # characters kept of a traceback (its end)
+
+
+def error_traceback(err: BaseException) -> str:
+    """The traceback of a failure in node code, without the executor's frames;
+    "" for a NodeError (its message says it all) unless it carries one."""
+    if isinstance(err, NodeError):
+        return err.traceback
+    frames = [
+        frame
+        for frame in traceback.extract_tb(err.__traceback__)
+        if not os.path.abspath(frame.filename).startswith(_PLUMBING)
+    ]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(type(err), err)
+    text = "".join(lines)
+    return text if len(text) <= TRACEBACK_LIMIT else "...\n" + text[-TRACEBACK_LIMIT:]
 
 
 class Cancelled(Exception):

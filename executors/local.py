@@ -21,7 +21,9 @@ class LocalExecutor:
     async def run(self, task: NodeTask, ctx: NodeContext) -> Any:
         runner = self.runners.get(task.kind)
         if runner is None:
-            raise NodeError(f"no runner for kind {task.kind!r}; known: {self.runners.kinds()}")
+            raise NodeError(
+                f"no runner for kind {task.kind!r}; known: {self.runners.kinds()}", retryable=False
+            )
         return await runner.run(task, ctx)
 
     async def close(self) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import ray
 import ray.exceptions
 
-from executors.base import NodeContext, NodeError, NodeTask, describe_error
+from executors.base import NodeContext, NodeError, NodeTask, describe_error, error_traceback
 from executors.runners import RunnerRegistry
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,9 @@ class NodeWorker:
             self._forget(call)
             raise
         except Exception as err:
-            outcome, value = "error", describe_error(err)
+            # What the driver needs to raise the same NodeError (see run()).
+            outcome = "error"
+            value = (describe_error(err), getattr(err, "retryable", True), error_traceback(err))
         ctx.flush()
         tail = self._queues.pop(call, [])
         return outcome, value, dict(ctx.usage), self._forget(call), tail
@@ -406,7 +408,8 @@ class RayExecutor:
             for key, amount in usage.items():
                 ctx.usage[key] = ctx.usage.get(key, 0) + amount
             if outcome != "ok":
-                raise NodeError(value)
+                message, retryable, traceback = value
+                raise NodeError(message, retryable=retryable, traceback=traceback)
             return value
         finally:
             worker.calls.pop(call_id, None)

@@ -27,21 +27,60 @@ def import_callable(path: str) -> Callable[..., Any]:
     """Imports ``package.module:function`` (attributes may be dotted)."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
-        raise NodeError(f"callable {path!r} must look like 'package.module:function'")
+        raise NodeError(
+            f"callable {path!r} must look like 'package.module:function'", retryable=False
+        )
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as err:
-        raise NodeError(f"cannot import {path!r}: {type(err).__name__}: {err}") from None
+        raise NodeError(
+            f"cannot import {path!r}: {type(err).__name__}: {err}{_import_hint(err)}",
+            retryable=False,
+        ) from None
     for part in attr.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
             raise NodeError(
-                f"cannot import {path!r}: module {module_name!r} has no attribute {attr!r}"
+                f"cannot import {path!r}: module {module_name!r} has no attribute {attr!r}",
+                retryable=False,
             ) from None
     if not callable(target):
-        raise NodeError(f"{path!r} is a {type(target).__name__}, not a callable")
+        raise NodeError(f"{path!r} is a {type(target).__name__}, not a callable", retryable=False)
     return target
+
+
+def _import_hint(err: Exception) -> str:
+    if isinstance(err, ModuleNotFoundError):
+        return (
+            f" (where this node runs, {err.name!r} is not importable: start the server"
+            " with --path DIR for the folder that holds it, set PYTHONPATH, or install it)"
+        )
+    return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none
+        return None
+
+
+def check_call(
+    fn: Callable[..., Any], path: str, lead: tuple[Any, ...], args: Mapping[str, Any]
+) -> None:
+    """Raises a NodeError another attempt cannot mend when `args` do not fit `fn`."""
+    signature = _signature(fn)
+    if signature is None:
+        return
+    try:
+        signature.bind(*lead, **args)
+    except TypeError as err:
+        given = ", ".join(sorted(args)) or "none"
+        raise NodeError(
+            f"cannot call {path!r} with params.args ({given}): {err}", retryable=False
+        ) from None
 
 
 _RESOLVED: dict[str, Callable[..., Any]] = {}
@@ -125,6 +164,7 @@ class PythonRunner:
         fn = await resolve_callable(path)
         # pass_ctx: false calls fn(**args) (the SDK sets it for functions without ctx).
         lead = (ctx,) if task.params.get("pass_ctx", True) else ()
+        check_call(fn, path, lead, args)
         loop = asyncio.get_running_loop()
         if task.params.get("isolation") == "process":
             pctx = _ProcessContext(task.run_id, task.node_id, task.attempt, task.run_input)

@@ -338,7 +338,7 @@ def node_to_dict(node: pb.NodeState) -> dict[str, Any]:
 
     Returns:
         A dict with keys ``node_id, kind, status, attempt, input, output, error,
-        queued_at, started_at, finished_at, usage, after``.
+        traceback, queued_at, started_at, finished_at, usage, after``.
     """
     return {
         "node_id": node.node_id,
@@ -348,6 +348,7 @@ def node_to_dict(node: pb.NodeState) -> dict[str, Any]:
         "input": _value_or_none(node, "input"),
         "output": _value_or_none(node, "output"),
         "error": node.error,
+        "traceback": node.traceback,
         "queued_at": _ts(node, "queued_at"),
         "started_at": _ts(node, "started_at"),
         "finished_at": _ts(node, "finished_at"),

@@ -455,6 +455,7 @@ NODE_KEYS = [
     "input",
     "output",
     "error",
+    "traceback",
     "queued_at",
     "started_at",
     "finished_at",
