@@ -247,3 +247,21 @@ def test_an_actor_whose_node_ignores_a_cancel_is_killed_after_the_grace(
         again = py("again", "where", resources={"cpus": 1})
         run = client.wait(client.start_run({"name": "after", "nodes": [again]}), timeout=60)
         assert run.status == "SUCCEEDED" and run.node("again").output["pid"] != pid
+
+
+def test_on_ray_a_failure_keeps_its_traceback_and_an_import_error_is_not_retried(
+    client: Client,
+) -> None:
+    retry = {"max_attempts": 3, "backoff_ms": 10}
+    nodes = [
+        py("bad", "boom", args={"message": "kaboom"}, retry=retry),
+        {"id": "typo", "kind": "python", "params": {"callable": "sp_nodes:nope"}, "retry": retry},
+    ]
+    run = client.wait(client.start_run({"name": "ray-fails", "nodes": nodes}), timeout=60)
+    bad, typo = run.node("bad").to_dict(), run.node("typo").to_dict()
+    assert bad["attempt"] == 3  # a failure of the node's code follows the policy
+    assert bad["error"] == "ValueError: kaboom"
+    assert "sp_nodes.py" in bad["traceback"] and "ray_executor" not in bad["traceback"]
+    assert bad["traceback"].rstrip().endswith("ValueError: kaboom")
+    assert typo["attempt"] == 1 and typo["status"] == "FAILED"
+    assert "has no attribute 'nope'" in typo["error"] and typo["traceback"] == ""
