@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,10 @@ from executors.base import EventSink, NodeContext, NodeTask, describe_error, err
 
 if TYPE_CHECKING:
     from control_plane.run_actor import RunActor
+
+
+# The control plane's own frames are left out of node tracebacks too.
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class NodeFailure(Exception):
@@ -106,7 +111,8 @@ class ExecutionMixin:
                 self.attempt_failed(node, str(err), err.retry)
             else:
                 retry = getattr(err, "retryable", True)
-                self.attempt_failed(node, describe_error(err), retry, error_traceback(err))
+                trace = error_traceback(err, plumbing=(_HERE,))
+                self.attempt_failed(node, describe_error(err), retry, trace)
         finally:
             self.contexts.pop(node_id, None)
             if self.inflight.pop(node_id, None) is not None:

@@ -222,16 +222,18 @@ class ControlPlane:
 
 async def serve(config: ServerConfig, *, ready: asyncio.Event | None = None) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
-    plane = ControlPlane(config)
-    await plane.start()
-    print(f"statepipe server listening on {plane.address}", flush=True)
-    if ready is not None:
-        ready.set()
+    # Handlers first: a signal that arrives while starting or right after the
+    # "listening" line still shuts down cleanly (the embedded Postgres too).
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    plane = ControlPlane(config)
+    await plane.start()
+    print(f"statepipe server listening on {plane.address}", flush=True)
+    if ready is not None:
+        ready.set()
     await stop.wait()
     log.info("shutting down")
     await plane.stop()

@@ -70,15 +70,17 @@ _PLUMBING = (
 TRACEBACK_LIMIT = 16_384  # characters kept of a traceback (its end)
 
 
-def error_traceback(err: BaseException) -> str:
-    """The traceback of a failure in node code, without the executor's frames;
-    "" for a NodeError (its message says it all) unless it carries one."""
+def error_traceback(err: BaseException, plumbing: tuple[str, ...] = ()) -> str:
+    """The traceback of a failure in node code, without the executor's frames
+    (nor those under the `plumbing` folders of the caller); "" for a NodeError
+    (its message says it all) unless it carries one."""
     if isinstance(err, NodeError):
         return err.traceback
+    skip = _PLUMBING + plumbing
     frames = [
         frame
         for frame in traceback.extract_tb(err.__traceback__)
-        if not os.path.abspath(frame.filename).startswith(_PLUMBING)
+        if not os.path.abspath(frame.filename).startswith(skip)
     ]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
     lines += traceback.format_exception_only(type(err), err)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shlex
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -53,6 +54,17 @@ MARKS = {
 }
 
 
+#: Run statuses whose time counts as a run's running time: it holds its work
+#: (PAUSED: nodes in flight finish, nothing new starts). Time FAILED or
+#: INTERRUPTED (waiting for someone to resume it) or PENDING does not count.
+RUNNING_TIME_STATUSES = frozenset({"RUNNING", "PAUSED"})
+
+
+def command_line(*words: str, options: Sequence[str] = ()) -> str:
+    """``statepipe <words> <options>``, quoted for a shell: a hint to copy."""
+    return shlex.join(["statepipe", *words, *options])
+
+
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -88,6 +100,64 @@ def span(start: _dt.datetime | None, end: _dt.datetime | None) -> float | None:
     if start is None:
         return None
     return ((end or _dt.datetime.now(_dt.UTC)) - start).total_seconds()
+
+
+def running_seconds(
+    status_events: Iterable[Event], now: _dt.datetime | None = None
+) -> float | None:
+    """How long a run was RUNNING or PAUSED, from its run_status events (in seq order).
+
+    A resumed run's time FAILED or INTERRUPTED is left out; a run still
+    running counts up to `now`. None when it never ran.
+    """
+    total = 0.0
+    since: _dt.datetime | None = None
+    ran = False
+    for event in status_events:
+        if event.kind != "run_status" or event.ts is None:
+            continue
+        if event.status in RUNNING_TIME_STATUSES:
+            if since is None:
+                since, ran = event.ts, True
+        elif since is not None:
+            total += (event.ts - since).total_seconds()
+            since = None
+    if since is not None:
+        total += ((now or _dt.datetime.now(_dt.UTC)) - since).total_seconds()
+    return max(total, 0.0) if ran else None
+
+
+def run_time(client: Client, run: Run) -> float | None:
+    """:func:`running_seconds` of a run (one ListEvents call, run_status events only);
+    the wall clock from start to finish if the events say nothing or cannot be read."""
+    try:
+        events = client.list_events(run.run_id, kinds=["run_status"], limit=None)
+    except StatepipeError:
+        events = []
+    took = running_seconds(events)
+    return took if took is not None else span(run.started_at, run.finished_at)
+
+
+def node_traceback(node: Any) -> str:
+    """A node's stored traceback ("" when none, or from a server that keeps none)."""
+    text = getattr(node, "traceback", None)
+    if text is None:
+        text = getattr(getattr(node, "proto", None), "traceback", "")
+    return text if isinstance(text, str) else ""
+
+
+def traceback_text(traceback: str, *, limit: int | None = None, indent: str = "    ") -> Text:
+    """A traceback, dim and indented; with `limit`, only its last lines (and how many
+    were left out)."""
+    lines = traceback.rstrip("\n").splitlines()
+    out = Text(style="dim")
+    if limit is not None and len(lines) > limit:
+        left_out = len(lines) - limit
+        out.append(f"{indent}… {left_out} earlier line{'s' * (left_out != 1)} "
+                   "(--verbose shows all)\n")  # fmt: skip
+        lines = lines[-limit:]
+    out.append("\n".join(indent + line for line in lines))
+    return out
 
 
 def local_time(ts: _dt.datetime | None, *, date: bool = False) -> str:
@@ -158,7 +228,13 @@ def event_detail(event: Event) -> Text:
 
 
 def event_line(event: Event) -> Text:
-    """``  seq time  who  kind  detail``, as ``logs`` and ``run --verbose`` print it."""
+    """``  seq time  who  kind  detail``, as ``logs`` and ``run --verbose`` print it.
+
+    ``who`` is ``node#N`` for a node's events: N is the attempt the event
+    belongs to (the attempt a QUEUED node waits to become, the one that
+    RUNNING starts, the one a RETRY_WAIT or FAILED ends). A failure's
+    traceback follows on its own lines, dim and indented.
+    """
     who = event.node_id or "run"
     if event.node_id and event.attempt:
         who += f"#{event.attempt}"
@@ -166,6 +242,29 @@ def event_line(event: Event) -> Text:
     line.append(f"{who:<18} ", style="bold" if event.node_id else "")
     line.append(f"{event.kind:<11} ", style="dim")
     line.append_text(event_detail(event))
+    traceback = (event.data or {}).get("traceback") if event.kind == "node_status" else None
+    if traceback and isinstance(traceback, str):
+        line.append("\n")
+        line.append_text(traceback_text(traceback, indent=" " * 8))
+    return line
+
+
+#: How ``run`` marks a warning, an error log or a failing hook between its node lines.
+NOTICE_MARK = "⚠"
+
+
+def notice_line(event: Event) -> Text:
+    """``  ⚠ node: message`` for a warning or error log or a hook error while a run
+    is followed (yellow for warnings, red for errors; plain when piped)."""
+    who = event.node_id or "run"
+    if event.node_id and event.attempt > 1:
+        who += f"#{event.attempt}"
+    style = "yellow" if event.kind == "log" and event.level == "warning" else "red"
+    message = event.message.rstrip("\n").replace("\n", "\n      ")
+    line = Text("  ")
+    line.append(NOTICE_MARK, style=style)
+    line.append(f" {who}: ", style="bold" if event.node_id else "")
+    line.append(message, style=style)
     return line
 
 
@@ -350,10 +449,19 @@ class RunView(View):
     progress bar on a terminal, or a live table of node states (``live``)."""
 
     def __init__(
-        self, console: Console, *, verbose: bool = False, live: bool = False, total: int = 0
+        self,
+        console: Console,
+        *,
+        verbose: bool = False,
+        live: bool = False,
+        total: int = 0,
+        again: Callable[..., str] = command_line,
     ) -> None:
+        """`again` makes a statepipe command line for a hint (with the connection
+        options the command was given)."""
         self.console = console
         self.verbose = verbose
+        self.again = again
         self.total = total
         self.done = 0
         self.follower: Follower | None = None
@@ -405,9 +513,9 @@ class RunView(View):
                     retry.error = event.message
                     self.print(_node_line(retry))
         elif event.kind == "log" and event.level in ("warning", "error"):
-            self.print(event_line(event))
+            self.print(notice_line(event))
         elif event.kind == "hook_error":
-            self.print(event_line(event))
+            self.print(notice_line(event))
         if self._live is not None and event.kind in ("node_status", "run_status"):
             self._render()
 
@@ -426,7 +534,7 @@ class RunView(View):
             note = Text(f"run {run_id} is PAUSED", style=STYLES[status])
             if message and message.lower() != "paused":
                 note.append(f": {message}")
-            note.append(f"; resume with: statepipe resume {run_id}")
+            note.append(f"; resume with: {self.again('resume', run_id)}")
             self.print(note)
 
     def _table(self) -> Any:
@@ -591,7 +699,10 @@ def print_table(console: Console, headers: list[str], rows: list[list[Cell]]) ->
 
 
 def print_runs(console: Console, runs: Iterable[Run]) -> None:
-    headers = ["RUN ID", "WORKFLOW", "STATUS", "NODES", "CREATED", "DURATION"]
+    """``ls``: a row per run. WALL TIME is first start to finish (or to now),
+    time a resumed run sat FAILED or INTERRUPTED included; ``inspect`` tells the
+    running time."""
+    headers = ["RUN ID", "WORKFLOW", "STATUS", "NODES", "CREATED", "WALL TIME"]
     rows: list[list[Cell]] = []
     for run in runs:
         counts = run.node_counts
@@ -609,8 +720,24 @@ def print_runs(console: Console, runs: Iterable[Run]) -> None:
     print_table(console, headers, rows)
 
 
-def print_run(console: Console, run: Run) -> None:
-    """``inspect``'s human view of a run: its fields, then a table of its nodes."""
+def print_run(
+    console: Console,
+    run: Run,
+    *,
+    running_s: float | None = None,
+    traceback_lines: int | None = None,
+    again: Callable[..., str] = command_line,
+) -> None:
+    """``inspect``'s human view of a run: its fields, a table of its nodes, then
+    the tracebacks of failed nodes.
+
+    Args:
+        console: Where to print.
+        run: The run, with its nodes.
+        running_s: Its running time (:func:`run_time`); None: the wall clock.
+        traceback_lines: Show only the last lines of a traceback (None: all).
+        again: Makes the command line of a hint (with the connection options).
+    """
     fields: list[tuple[str, Cell]] = [
         ("run", run.run_id),
         ("workflow", f"{run.workflow_name} (version {run.workflow_version})"),
@@ -621,9 +748,15 @@ def print_run(console: Console, run: Run) -> None:
         fields.append(("started", local_time(run.started_at, date=True)))
     if run.finished_at:
         fields.append(("finished", local_time(run.finished_at, date=True)))
-    took = span(run.started_at, run.finished_at)
+    wall = span(run.started_at, run.finished_at)
+    took = wall if running_s is None else running_s
     if took is not None:
-        fields.append(("duration", duration(took) + ("" if run.finished_at else " so far")))
+        stopped_a_while = wall is not None and wall - took >= max(1.0, 0.05 * wall)
+        text = duration(took) + (" running" if stopped_a_while else "")
+        text += "" if run.finished_at else " so far"
+        if stopped_a_while:
+            text += f" ({duration(wall)} since it first started)"
+        fields.append(("duration", text))
     if run.labels:
         fields.append(("labels", ", ".join(f"{k}={v}" for k, v in sorted(run.labels.items()))))
     if run.input is not None:
@@ -633,7 +766,7 @@ def print_run(console: Console, run: Run) -> None:
     if run.error:
         fields.append(("error", Text(run.error, style="red")))
     if run.status in CONTROLS["resume"]:
-        fields.append(("resume", f"statepipe resume {run.run_id}"))
+        fields.append(("resume", again("resume", run.run_id)))
     for name, value in fields:
         line = Text(f"{name:<9} ", style="bold")
         line.append_text(value if isinstance(value, Text) else Text(value))
@@ -651,12 +784,19 @@ def print_run(console: Console, run: Run) -> None:
                 node.node_id,
                 node.kind,
                 status_text(node.status),
-                str(node.attempt),
+                str(node.attempt or "-"),
                 duration(span(node.started_at, node.finished_at)) if node.started_at else "",
                 what,
             ]
         )
     print_table(console, ["NODE", "KIND", "STATUS", "ATTEMPT", "TIME", "OUTPUT / ERROR"], rows)
+    for node in run.nodes:
+        traceback = node_traceback(node) if node.status in ("FAILED", "RETRY_WAIT") else ""
+        if traceback:
+            console.print("")
+            console.print(Text(f"traceback of {node.node_id} (attempt {node.attempt}):",
+                               style="bold"))  # fmt: skip
+            console.print(traceback_text(traceback, limit=traceback_lines))
 
 
 __all__ = [
@@ -666,11 +806,16 @@ __all__ = [
     "RunView",
     "StatepipeError",
     "View",
+    "command_line",
     "event_line",
     "node_table",
+    "node_traceback",
+    "notice_line",
     "print_run",
     "print_runs",
     "print_table",
+    "run_time",
+    "running_seconds",
     "stderr_console",
     "stdout_console",
     "stdout_line",

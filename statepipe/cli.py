@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from statepipe import __version__
 from statepipe_api.lifecycle import CONTROLS, RUN_STATUSES
@@ -48,6 +49,8 @@ EXIT_UNREACHABLE = 3  # server unreachable, or the local control plane cannot st
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+#: Lines of a failed node's traceback `inspect` shows without --verbose (its end).
+TRACEBACK_TAIL_LINES = 15
 #: Set in a ``run --detach`` child: the file to write the run id to.
 DETACH_ENV = "STATEPIPE_DETACHED_ID_FILE"
 
@@ -66,12 +69,20 @@ class CliError(Exception):
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     # Kept on the root context, where _setting looks, whether the option came
-    # before or after the command name.
-    if value is not None:
+    # before or after the command name; a value from the environment does not
+    # replace one given on the command line (`statepipe --server X ls` with
+    # STATEPIPE_SERVER set: the command's own --server reads the environment).
+    if value is not None and param.name:
         root = ctx.find_root()
         if root.obj is None:
             root.obj = {}
+        sources = root.obj.setdefault("_sources", {})
+        source = ctx.get_parameter_source(param.name)
+        typed = ParameterSource.COMMANDLINE
+        if sources.get(param.name) == typed and source != typed:
+            return value
         root.obj[param.name] = value
+        sources[param.name] = source
     return value
 
 
@@ -112,16 +123,33 @@ def _executor_options(f: F) -> F:
     return f
 
 
-def _connection_options(f: F) -> F:
-    """``--server`` and ``--database-url``, accepted before or after the command name."""
-    f = click.option(
+_SERVER_DATABASE_HELP = (
+    "PostgreSQL URL [env STATEPIPE_DATABASE_URL]; default: the embedded server "
+    "under $STATEPIPE_HOME (~/.statepipe)."
+)
+
+
+def _database_option(f: F, help: str = _DATABASE_HELP) -> F:
+    """``--database-url``, accepted before or after the command name (read it with
+    ``_setting("database_url")``)."""
+    return click.option(
         "--database-url",
         envvar="STATEPIPE_DATABASE_URL",
         metavar="URL",
         expose_value=False,
         callback=_remember,
-        help=_DATABASE_HELP,
+        help=help,
     )(f)
+
+
+def _server_database_option(f: F) -> F:
+    """``--database-url`` of the commands that are the server (``server``, ``up``)."""
+    return _database_option(f, _SERVER_DATABASE_HELP)
+
+
+def _connection_options(f: F) -> F:
+    """``--server`` and ``--database-url``, accepted before or after the command name."""
+    f = _database_option(f)
     f = click.option(
         "--server",
         envvar="STATEPIPE_SERVER",
@@ -133,11 +161,39 @@ def _connection_options(f: F) -> F:
     return f
 
 
-def _setting(name: str) -> str | None:
+def _settings() -> dict[str, Any]:
     ctx = click.get_current_context(silent=True)
-    obj = (ctx.find_root().obj if ctx is not None else None) or {}
-    value = obj.get(name)
+    return (ctx.find_root().obj if ctx is not None else None) or {}
+
+
+def _setting(name: str) -> str | None:
+    value = _settings().get(name)
     return value or None
+
+
+def _given(name: str) -> bool:
+    """Whether the option `name` was typed on the command line (not from the environment)."""
+    return _settings().get("_sources", {}).get(name) == ParameterSource.COMMANDLINE
+
+
+def _connection_args() -> list[str]:
+    """The connection options of this command, for a hint to copy: ``--server ADDR``
+    (from the option or STATEPIPE_SERVER), or a ``--database-url`` typed on the
+    command line."""
+    server = _setting("server")
+    if server:
+        return ["--server", server]
+    database_url = _setting("database_url")
+    if database_url and _given("database_url"):
+        return ["--database-url", database_url]
+    return []
+
+
+def _again(*words: str) -> str:
+    """A statepipe command line to copy, with this command's connection options."""
+    from statepipe._cli_view import command_line
+
+    return command_line(*words, options=_connection_args())
 
 
 # -------------------------------------------------------------------- errors
@@ -210,6 +266,49 @@ def _handle_errors(f: F) -> F:
             sys.exit(cli_error.code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line_message(text: str) -> str:
+    """click's sentence as one of our lines: one line, lowercase start, no final period."""
+    text = " ".join(text.split()).rstrip(".")
+    return text[:1].lower() + text[1:]
+
+
+class _Group(click.Group):
+    """The command group; prints click's own errors (usage, bad values) as ours.
+
+    One style for every error: ``error: <what>`` on one line (and, for a usage
+    error where click would show the usage, the usage on a second line); usage
+    errors exit 2 (EXIT_USAGE) as the errors the commands raise themselves.
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as err:
+            click.echo(f"error: {_one_line_message(err.format_message())}", err=True)
+            if err.ctx is not None:
+                usage = " ".join(err.ctx.get_usage().split()).removeprefix("Usage: ")
+                click.echo(f"usage: {usage} ({err.ctx.command_path} --help for more)", err=True)
+            sys.exit(EXIT_USAGE)
+        except CliError as err:
+            click.echo(f"error: {err.message}", err=True)
+            sys.exit(err.code)
+        except click.ClickException as err:
+            click.echo(f"error: {_one_line_message(err.format_message())}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 
 # ---------------------------------------------------------------- connection
@@ -297,7 +396,7 @@ def _no_executor_with_server(server: str) -> None:
     if ctx is None:
         return
     for name in ("executor", "ray_address"):
-        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             option = "--" + name.replace("_", "-")
             _fail(
                 f"{option} applies to an in-process control plane; the server at {server} "
@@ -311,6 +410,34 @@ def _configure_logging() -> None:
         stream=sys.stderr,
         format="statepipe: %(levelname)s %(name)s: %(message)s",
     )
+
+
+#: The loggers of statepipe's own packages (`statepipe server --log-level` applies to them).
+OWN_LOGGERS = ("statepipe", "control_plane", "executors", "statepipe_api", "core_rs", "ui")
+
+
+def _configure_server_logging(level_name: str) -> None:
+    """statepipe's loggers at `level_name`; other libraries' at warning or above
+    (their INFO lines, e.g. the embedded Postgres's start-up, are noise to a
+    server's operator) unless debug asks for everything."""
+    level = getattr(logging, level_name.upper())
+    if level > logging.DEBUG:
+        # gRPC's C core logs at INFO to stderr (e.g. about fork() at exit).
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    logging.basicConfig(
+        level=level if level <= logging.DEBUG else max(level, logging.WARNING),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def _refuse_server_option(command: str) -> None:
+    """`up` and `server` are the server: a --server given on the command line makes
+    no sense there (STATEPIPE_SERVER in the environment is ignored)."""
+    if _setting("server") and _given("server"):
+        raise click.UsageError(f"`{command}` starts a server itself; --server does not apply")
 
 
 def _connect(purpose: str, run_id: str | None = None) -> Connection:
@@ -476,6 +603,23 @@ def _check(spec: Any, what: str) -> PlanSummary:
         _fail(f"{what}: {err}")
 
 
+def _open_output(path: str) -> OutputFile:
+    """``--output PATH``, its missing folders created; one error line if it cannot be."""
+    from statepipe._cli_view import OutputFile
+
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return OutputFile(path)
+    except OSError as err:
+        in_the_way = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+        if in_the_way is not None:
+            reason = f"{in_the_way} is a file, not a folder"
+        else:
+            reason = err.strerror or str(err)
+        _fail(f"--output {path}: cannot create the file: {reason}")
+
+
 def _write_json(value: Any, *, indent: int | None = None) -> None:
     from statepipe._cli_view import write_json
 
@@ -496,23 +640,30 @@ def _print_result(run: Run, as_json: bool) -> None:
         _write_json(run.output, indent=2 if sys.stdout.isatty() else None)
 
 
-def _report(run: Run, console: Any) -> None:
-    """The one-line verdict on stderr, with a hint on what to do next."""
+def _report(run: Run, console: Any, client: Client) -> None:
+    """The one-line verdict on stderr, with a hint on what to do next.
+
+    The time is the run's running time: a resumed run's time FAILED or
+    INTERRUPTED is not counted (``inspect`` shows both).
+    """
     from rich.text import Text
 
-    from statepipe._cli_view import duration, span, status_text
+    from statepipe._cli_view import duration, node_traceback, run_time, status_text
 
     line = Text(f"run {run.run_id} ")
     line.append_text(status_text(run.status))
-    took = span(run.started_at, run.finished_at)
-    if took is not None and run.finished_at is not None:
-        line.append(f" in {duration(took)}")
+    if run.started_at is not None and run.finished_at is not None:
+        took = run_time(client, run)
+        if took is not None:
+            line.append(f" in {duration(took)}")
     if run.error:
         line.append(f": {run.error}")
     console.print(line)
+    if any(node_traceback(n) for n in run.nodes if n.status == "FAILED"):
+        console.print(Text(f"see the traceback with: {_again('inspect', run.run_id)}", style="dim"))
     if run.status in CONTROLS["resume"]:
         verb = "run the failed nodes again" if run.status == "FAILED" else "resume"
-        console.print(Text(f"{verb} with: statepipe resume {run.run_id}", style="dim"))
+        console.print(Text(f"{verb} with: {_again('resume', run.run_id)}", style="dim"))
 
 
 @contextlib.contextmanager
@@ -551,7 +702,7 @@ def _interrupt(client: Client, run_ids: list[str], console: Any) -> list[str]:
             continue
         interrupted.append(run_id)
         console.print(
-            f"interrupted run {run_id}; resume with: statepipe resume {run_id}", markup=False
+            f"interrupted run {run_id}; resume with: {_again('resume', run_id)}", markup=False
         )
     return interrupted
 
@@ -559,7 +710,10 @@ def _interrupt(client: Client, run_ids: list[str], console: Any) -> list[str]:
 # ----------------------------------------------------------------- the group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="statepipe")
 @_connection_options
 def main() -> None:
@@ -700,12 +854,14 @@ def run(
         _dry_run(target, spec, name, checked, batch, as_json)
         return
     if detach and not server and not os.environ.get(DETACH_ENV):
+        if output_path:
+            _open_output(output_path).close()  # say so here, not in the background's log
         sys.exit(_spawn_detached())
 
-    from statepipe._cli_view import OutputFile, stderr_console
+    from statepipe._cli_view import stderr_console
 
     console = stderr_console()
-    output = OutputFile(output_path) if output_path else None
+    output = _open_output(output_path) if output_path else None
     try:
         with _connection("execute") as conn:
             ref = _register(conn.client, spec, name, target, console)
@@ -849,44 +1005,56 @@ def _run_one(
     if detach:  # with --server: the server runs it
         if as_json:
             _write_json(client.get_run(run_id).to_dict())
-        console.print(f"follow with: statepipe logs {run_id} --follow", markup=False, style="dim")
+        console.print(f"follow with: {_again('logs', run_id, '--follow')}", markup=False,
+                      style="dim")  # fmt: skip
         return EXIT_OK
-    return _follow(conn, client.get_run(run_id), output, verbose, live, as_json, console)
+    return _follow(conn, run_id, output, verbose, live, as_json, console)
 
 
 def _follow(
     conn: Connection,
-    run: Run,
+    run_id: str,
     output: OutputFile | None,
     verbose: bool,
     live: bool,
     as_json: bool,
     console: Any,
     *,
+    run: Run | None = None,
     after_seq: int = 0,
 ) -> int:
+    """Follows a started run to its end; Ctrl-C (or SIGTERM) interrupts it, from the
+    moment it started (`run`: as already fetched)."""
     from statepipe._cli_view import Follower, RunView
 
-    view = RunView(console, verbose=verbose, live=live, total=len(run.nodes))
-    follower = Follower(conn.client, run, view, output, after_seq=after_seq)
-    view.attach(follower)
+    view: RunView | None = None
+    follower: Follower | None = None
     try:
         with _signals_interrupt():
+            if run is None:
+                run = conn.client.get_run(run_id)
+            view = RunView(console, verbose=verbose, live=live, total=len(run.nodes),
+                           again=_again)  # fmt: skip
+            follower = Follower(conn.client, run, view, output, after_seq=after_seq)
+            view.attach(follower)
             final = follower.follow()
     except KeyboardInterrupt:
         _second_interrupt_exits()
-        follower.stop()
-        view.close()
+        if follower is not None:
+            follower.stop()
+        if view is not None:
+            view.close()
         console.print("")
-        _interrupt(conn.client, [run.run_id], console)
+        _interrupt(conn.client, [run_id], console)
         if output is not None:
-            output.run(conn.client.get_run(run.run_id))
+            output.run(conn.client.get_run(run_id))
         return EXIT_INTERRUPTED
     finally:
-        view.close()
+        if view is not None:
+            view.close()
     if output is not None:
         output.run(final)
-    _report(final, console)
+    _report(final, console, conn.client)
     _print_result(final, as_json)
     return EXIT_OK if final.status == "SUCCEEDED" else EXIT_FAILED
 
@@ -1010,6 +1178,19 @@ def _tell_detached_parent(run_id: str) -> None:
         tmp.replace(path)
 
 
+def _statepipe_command(*args: str) -> list[str]:
+    """The command line of a ``statepipe`` child process.
+
+    ``-P`` (safe_path): ``-m`` would put the working directory first on the
+    child's sys.path, and from a source checkout its ``core_rs/`` (without the
+    compiled ``_core`` of an installed package) or ``control_plane/`` would
+    shadow the installed packages. The child imports what the ``statepipe``
+    console script does: the installed packages, PYTHONPATH, and the target
+    folders of paths.txt.
+    """
+    return [sys.executable, "-P", "-m", "statepipe", *args]
+
+
 def _spawn_detached() -> int:
     """``run --detach`` in-process: the same command runs on in a background process."""
     from statepipe import _local
@@ -1023,7 +1204,7 @@ def _spawn_detached() -> int:
     env = dict(os.environ, **{DETACH_ENV: str(id_path)})
     with open(log_path, "w") as log_file:
         child = subprocess.Popen(
-            [sys.executable, "-m", "statepipe", *args],
+            _statepipe_command(*args),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -1038,7 +1219,7 @@ def _spawn_detached() -> int:
             _out(run_id)
             click.echo(
                 f"running in the background (pid {child.pid}, log {log_path}); "
-                f"follow with: statepipe logs {run_id} --follow",
+                f"follow with: {_again('logs', run_id, '--follow')}",
                 err=True,
             )
             return EXIT_OK
@@ -1077,10 +1258,10 @@ def resume(run_id: str, verbose: bool, live: bool, output_path: str | None, as_j
     succeeded nodes never run twice. Exit status 0 only if the run SUCCEEDED.
     Ctrl-C interrupts it again.
     """
-    from statepipe._cli_view import OutputFile, stderr_console
+    from statepipe._cli_view import stderr_console
 
     console = stderr_console()
-    output = OutputFile(output_path) if output_path else None
+    output = _open_output(output_path) if output_path else None
     try:
         with _connection("execute", run_id) as conn:
             client = conn.client
@@ -1098,8 +1279,8 @@ def resume(run_id: str, verbose: bool, live: bool, output_path: str | None, as_j
                 else:
                     console.print(f"run {run_id} is {run.status}; following it", markup=False)
                 conn.track([run_id])
-                code = _follow(conn, run, output, verbose, live, as_json, console,
-                               after_seq=run.last_seq)  # fmt: skip
+                code = _follow(conn, run_id, output, verbose, live, as_json, console,
+                               run=run, after_seq=run.last_seq)  # fmt: skip
     finally:
         if output is not None:
             output.close()
@@ -1114,18 +1295,31 @@ def resume(run_id: str, verbose: bool, live: bool, output_path: str | None, as_j
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the run as JSON (docs/json-shapes.md)."
 )
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help=f"Whole tracebacks of failed nodes (else their last {TRACEBACK_TAIL_LINES} lines).",
+)
 @_connection_options
 @_handle_errors
-def inspect(run_id: str, as_json: bool) -> None:
-    """Show a run: status, times, input, output and every node's attempts and output."""
-    from statepipe._cli_view import print_run, stdout_console
+def inspect(run_id: str, as_json: bool, verbose: bool) -> None:
+    """Show a run: status, times, input, output, every node's attempts and output
+    or error, and the tracebacks of failed nodes.
+
+    The duration is the time the run was running (or paused); a resumed run's
+    time FAILED or INTERRUPTED is left out (and the wall clock shown too).
+    """
+    from statepipe._cli_view import print_run, run_time, stdout_console
 
     with _connection("read", run_id) as conn:
         run = conn.client.get_run(run_id)
+        running_s = None if as_json else run_time(conn.client, run)
     if as_json:
         _write_json(run.to_dict(), indent=2)
     else:
-        print_run(stdout_console(), run)
+        tail = None if verbose else TRACEBACK_TAIL_LINES
+        print_run(stdout_console(), run, running_s=running_s, traceback_lines=tail, again=_again)
 
 
 @main.command("ls", context_settings={"max_content_width": 100})
@@ -1154,13 +1348,18 @@ def ls(statuses: tuple[str, ...], workflow: str | None, limit: int, as_json: boo
     from statepipe._cli_view import print_runs, stdout_console
 
     with _connection("read") as conn:
+        # One more than asked for tells whether the list is cut.
         runs = conn.client.list_runs(
-            status=[s.upper() for s in statuses] or None, workflow=workflow, limit=limit
+            status=[s.upper() for s in statuses] or None, workflow=workflow, limit=limit + 1
         )
+    more, runs = len(runs) > limit, runs[:limit]
     if as_json:
         _write_json([r.to_dict() for r in runs], indent=2)
     elif runs:
         print_runs(stdout_console(), runs)
+        if more:
+            shown = f"{limit} runs" if limit != 1 else "run"
+            click.echo(f"the newest {shown} shown; there are more (--limit N shows N)", err=True)
     else:
         click.echo("no runs", err=True)
 
@@ -1290,13 +1489,7 @@ _control_command(
     metavar="HOST:PORT",
     help="Address to serve gRPC on (port 0 picks a free port).",
 )
-@click.option(
-    "--database-url",
-    envvar="STATEPIPE_DATABASE_URL",
-    metavar="URL",
-    help="PostgreSQL URL [env STATEPIPE_DATABASE_URL]; default: the embedded server "
-    "under $STATEPIPE_HOME (~/.statepipe).",
-)
+@_server_database_option
 @click.option(
     "--max-concurrency",
     default=256,
@@ -1305,34 +1498,50 @@ _control_command(
 )
 @_executor_options
 @click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    metavar="DIR",
+    envvar="STATEPIPE_PATH",
+    type=click.Path(file_okay=False),
+    help="A folder node code is imported from (python nodes' callables, hooks), e.g. the "
+    "folder of the workflow file; repeatable [env STATEPIPE_PATH, separated by "
+    f"{os.pathsep!r}].",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="statepipe's own log lines from this level on; other libraries' (the embedded "
+    "Postgres, Ray, ...) from warning on, or everything with debug.",
 )
-def server(listen: str, database_url: str | None, max_concurrency: int, log_level: str) -> None:
+def server(
+    listen: str,
+    max_concurrency: int,
+    paths: tuple[str, ...],
+    log_level: str,
+) -> None:
     """Start the control plane (gRPC API, scheduler, and the local or Ray executor).
 
     SIGTERM or Ctrl-C shuts it down gracefully; runs in flight are taken over
     at the next start.
     """
+    _refuse_server_option("server")
+    _configure_server_logging(log_level)
     from control_plane import embed
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     config = embed.ServerConfig(
         listen=listen,
-        database_url=database_url,
+        database_url=_setting("database_url"),
         max_concurrency=max_concurrency,
+        paths=[str(Path(p).resolve()) for p in paths],
         **_executor_config(),
     )
     try:
         embed.serve(config)
     except embed.PlaneStartError as err:
-        raise click.ClickException(str(err)) from None
+        raise CliError(f"cannot start the server: {err}", EXIT_UNREACHABLE) from None
 
 
 # ------------------------------------------------------------------------ up
@@ -1383,7 +1592,7 @@ def _register_examples(client: Client, verbose: bool) -> tuple[list[str], list[s
 )
 @click.option("--verbose", "-v", is_flag=True, help="Say why an example was skipped.")
 @_executor_options
-@_connection_options
+@_server_database_option
 @_handle_errors
 def up(listen: str, examples: bool, verbose: bool) -> None:
     """Start everything on this machine: embedded Postgres, the control plane, examples.
@@ -1397,8 +1606,7 @@ def up(listen: str, examples: bool, verbose: bool) -> None:
     from statepipe import _local
     from statepipe.client import Client
 
-    if _setting("server"):
-        raise click.UsageError("`up` starts its own server; --server does not apply")
+    _refuse_server_option("up")
     database_url = _setting("database_url")
     _configure_logging()
     _local.load_paths()
@@ -1413,14 +1621,15 @@ def up(listen: str, examples: bool, verbose: bool) -> None:
                     click.echo(f"registered examples: {', '.join(registered)}", err=True)
                 for line in skipped if verbose else ():
                     click.echo(f"skipped example {line}", err=True)
+        # Before saying it listens: a SIGTERM right after that line stops it gracefully.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         _out(f"statepipe server listening on {plane.address}")
         click.echo(
             "the web console is not available yet: use statepipe ls / inspect / logs "
             f"(or --server {plane.address} from elsewhere). Ctrl-C stops.",
             err=True,
         )
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         while not stop.wait(1.0):
             registration.add_runs(plane.owned_runs())
     finally:

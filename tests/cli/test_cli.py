@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from sp_cli import cli
 from sp_testing import layered_nodes
 
 from statepipe.cli import main
@@ -34,35 +34,6 @@ EVENT_KEYS = "run_id seq ts kind node_id attempt status message level data".spli
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def env(tmp_path: Path, database_url: str) -> dict[str, str]:
-    out = dict(os.environ, STATEPIPE_HOME=str(tmp_path / "home"))
-    out["STATEPIPE_DATABASE_URL"] = database_url
-    out.pop("STATEPIPE_SERVER", None)
-    return out
-
-
-@pytest.fixture
-def children() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "statepipe", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:

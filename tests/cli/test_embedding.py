@@ -134,8 +134,8 @@ def test_server_on_a_busy_address_is_one_error_line(database_url: str, tmp_path:
             timeout=60,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
-    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.returncode == 3, (result.stdout, result.stderr)  # cannot start: 3
     # Above it, the server's own log lines (grpc's about the bind among them); no traceback.
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: ") and address in last, result.stderr
+    assert last.startswith("error: cannot start the server: ") and address in last, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
