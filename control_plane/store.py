@@ -26,6 +26,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from statepipe_api.lifecycle import ACTIVE_RUN
 
+# The active statuses as an SQL list, literal so that the planner matches the
+# partial index runs_active_lease (a bound array parameter would not).
+_ACTIVE_SQL = "(" + ", ".join(f"'{status}'" for status in sorted(ACTIVE_RUN)) + ")"
+
 log = logging.getLogger(__name__)
 
 UTC = dt.UTC
@@ -665,21 +669,18 @@ class Store:
         """Takes over active runs whose lease expired, that nobody holds, or whose
         owner is known dead; never another live owner's, never those in `exclude`."""
         async with self.pool.connection() as conn:
+            # Locked in run id order like commits lock them (no deadlock); a run
+            # its owner is committing right now is left for the next round.
             cur = await conn.execute(
                 "UPDATE runs SET lease_owner = %s,"
                 " lease_expires_at = now() + make_interval(secs => %s)"
-                " WHERE status = ANY(%s) AND NOT (run_id = ANY(%s))"
-                " AND (lease_owner IS NULL OR lease_owner = %s"
-                "  OR lease_expires_at < now() OR lease_owner = ANY(%s))"
+                " WHERE run_id IN (SELECT run_id FROM runs"
+                f"  WHERE status IN {_ACTIVE_SQL} AND NOT (run_id = ANY(%s))"
+                "  AND (lease_owner IS NULL OR lease_owner = %s"
+                "   OR lease_expires_at < now() OR lease_owner = ANY(%s))"
+                "  ORDER BY run_id FOR NO KEY UPDATE SKIP LOCKED)"
                 " RETURNING run_id",
-                (
-                    owner,
-                    lease_ms / 1000,
-                    list(ACTIVE_RUN),
-                    list(exclude),
-                    owner,
-                    list(dead_owners),
-                ),
+                (owner, lease_ms / 1000, list(exclude), owner, list(dead_owners)),
             )
             return [r[0] for r in await cur.fetchall()]
 
@@ -701,10 +702,13 @@ class Store:
         """One statement for every run this owner holds (no per-run heartbeat
         rows); returns the runs renewed."""
         async with self.pool.connection() as conn:
+            # Rows locked in run id order, as commits lock them: no deadlock.
             cur = await conn.execute(
                 "UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s)"
-                " WHERE lease_owner = %s RETURNING run_id",
-                (lease_ms / 1000, owner),
+                " WHERE lease_owner = %s AND run_id IN (SELECT run_id FROM runs"
+                "  WHERE lease_owner = %s ORDER BY run_id FOR NO KEY UPDATE)"
+                " RETURNING run_id",
+                (lease_ms / 1000, owner, owner),
             )
             return [r[0] for r in await cur.fetchall()]
 
@@ -728,8 +732,7 @@ class Store:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT DISTINCT lease_owner FROM runs WHERE lease_owner IS NOT NULL"
-                " AND status = ANY(%s)",
-                (list(ACTIVE_RUN),),
+                f" AND status IN {_ACTIVE_SQL}",
             )
             return [r[0] for r in await cur.fetchall()]
 
