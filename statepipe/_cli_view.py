@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from statepipe.client import Client, Event, Run, StatepipeError
+from statepipe.client import Client, Event, NodeState, Run, StatepipeError
 from statepipe_api.lifecycle import CONTROLS, FINAL_NODE, IN_FLIGHT_NODE, STOP_FOLLOWING_RUN
 
 STYLES = {
@@ -138,12 +138,9 @@ def run_time(client: Client, run: Run) -> float | None:
     return took if took is not None else span(run.started_at, run.finished_at)
 
 
-def node_traceback(node: Any) -> str:
+def node_traceback(node: NodeState) -> str:
     """A node's stored traceback ("" when none, or from a server that keeps none)."""
-    text = getattr(node, "traceback", None)
-    if text is None:
-        text = getattr(getattr(node, "proto", None), "traceback", "")
-    return text if isinstance(text, str) else ""
+    return node.traceback
 
 
 def traceback_text(traceback: str, *, limit: int | None = None, indent: str = "    ") -> Text:

@@ -1,9 +1,11 @@
 """Python clients of the statepipe control plane: :class:`Client` and :class:`AsyncClient`.
 
-Both speak the gRPC API in proto/statepipe/v1/statepipe.proto and return thin
-wrappers (:class:`Run`, :class:`NodeState`, :class:`Event`, :class:`Workflow`)
-that hold the protobuf message as ``.proto`` and give it as plain Python values,
-or as the stable JSON shapes of docs/json-shapes.md through ``.to_dict()``.
+:class:`AsyncClient` speaks the gRPC API in proto/statepipe/v1/statepipe.proto
+(grpc.aio); :class:`Client` is its blocking facade, which runs the same
+coroutines on a private event-loop thread. Both return thin wrappers
+(:class:`Run`, :class:`NodeState`, :class:`Event`, :class:`Workflow`) that hold
+the protobuf message as ``.proto`` and give it as plain Python values, or as
+the stable JSON shapes of docs/json-shapes.md through ``.to_dict()``.
 
 Every failed call raises :class:`StatepipeError`, with the gRPC status code::
 
@@ -18,11 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as _dt
+import inspect
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -62,6 +76,9 @@ __all__ = [
 
 T = TypeVar("T")
 M = TypeVar("M")
+R = TypeVar("R")
+P = ParamSpec("P")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _MiB = 1024 * 1024
 
@@ -82,6 +99,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 _PAGE = 1000
 # Pause before watching again when a stream ended but the run is not final.
 _REWATCH_DELAY = 0.2
+# Most seconds Client.close waits for its event-loop thread to end.
+_STOP_TIMEOUT = 5.0
 
 
 # -------------------------------------------------------------------- errors
@@ -189,6 +208,11 @@ class NodeState(_Wrapper[pb.NodeState]):
     def error(self) -> str:
         """Error text, "" when none."""
         return self.proto.error
+
+    @property
+    def traceback(self) -> str:
+        """The traceback of the last failure in the node's own code, "" when none."""
+        return self.proto.traceback
 
     @property
     def queued_at(self) -> _dt.datetime | None:
@@ -450,60 +474,6 @@ def _batch_events(batch: pb.EventBatch) -> Iterable[pb.Event]:
     return batch.events
 
 
-class Stream(Iterator[T]):
-    """An iterator over a server stream. Closing it (or leaving a ``with``) cancels the call."""
-
-    def __init__(
-        self,
-        call: Any,
-        convert: Callable[[Any], T],
-        address: str,
-        expand: Callable[[Any], Iterable[Any]] | None = None,
-    ) -> None:
-        self._call = call
-        self._convert = convert
-        self._expand = expand
-        self._pending: collections.deque[Any] = collections.deque()
-        self._address = address
-        self._closed = False
-
-    def __iter__(self) -> Stream[T]:
-        return self
-
-    def __next__(self) -> T:
-        if self._closed:
-            raise StopIteration
-        while not self._pending:
-            try:
-                item = next(self._call)
-            except grpc.RpcError as err:
-                if self._closed and _code(err) is grpc.StatusCode.CANCELLED:
-                    raise StopIteration from None
-                raise _wrap(err, self._address) from err
-            if self._expand is None:
-                return self._convert(item)
-            self._pending.extend(self._expand(item))
-        return self._convert(self._pending.popleft())
-
-    def close(self) -> None:
-        """Cancels the call; iteration then stops."""
-        self._closed = True
-        self._pending.clear()
-        self._call.cancel()
-
-    def __enter__(self) -> Stream[T]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self._call.cancel()
-        except Exception:
-            pass
-
-
 class AsyncStream(AsyncIterator[T]):
     """An async iterator over a server stream. ``aclose()`` (or ``async with``) cancels it."""
 
@@ -545,6 +515,20 @@ class AsyncStream(AsyncIterator[T]):
             self._pending.extend(self._expand(item))
         return self._convert(self._pending.popleft())
 
+    async def _next_batch(self) -> list[T]:
+        """The next item and the rest of its message's batch; [] at the end.
+
+        :class:`Stream` reads through this, so it crosses threads once a
+        message, not once an item (an ``EventBatch`` holds many events).
+        """
+        try:
+            batch = [await self.__anext__()]
+        except StopAsyncIteration:
+            return []
+        while self._pending:
+            batch.append(self._convert(self._pending.popleft()))
+        return batch
+
     def close(self) -> None:
         """Cancels the call; iteration then stops."""
         self._closed = True
@@ -560,6 +544,54 @@ class AsyncStream(AsyncIterator[T]):
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+class Stream(Iterator[T]):
+    """An iterator over a server stream. Closing it (or leaving a ``with``) cancels the call.
+
+    :class:`Client`'s view of an :class:`AsyncStream` that lives on the
+    client's event-loop thread; ``close()`` may come from any thread, and
+    ends an iteration blocked in another one.
+    """
+
+    def __init__(self, source: AsyncStream[T], loop: _LoopThread, owner: object = None) -> None:
+        self._source = source
+        self._loop = loop
+        self._owner = owner  # the Client: its loop thread lives as long as its streams
+        self._items: collections.deque[T] = collections.deque()
+        self._closed = False
+
+    def __iter__(self) -> Stream[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._closed:
+            raise StopIteration
+        if not self._items:
+            batch = self._loop.run(self._source._next_batch())
+            if not batch:
+                raise StopIteration
+            self._items.extend(batch)
+        try:
+            return self._items.popleft()
+        except IndexError:  # closed by another thread meanwhile
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Cancels the call; iteration then stops."""
+        self._closed = True
+        self._items.clear()
+        self._loop.call(self._source.close)
+
+    def __enter__(self) -> Stream[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self._loop.call_soon(self._source.close)
 
 
 # ---------------------------------------------------------- request building
@@ -695,15 +727,18 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-# -------------------------------------------------------------- sync client
+# ------------------------------------------------------------- async client
 
 
-class Client:
-    """A blocking client of the statepipe control plane.
+class AsyncClient:
+    """An asyncio client of the statepipe control plane (grpc.aio).
 
-    The connection is made on the first call; a server that cannot be reached
-    makes that call raise :class:`StatepipeError` with code ``UNAVAILABLE``.
-    Use it as a context manager, or call :meth:`close`.
+    The one implementation of every call; :class:`Client` is its blocking
+    facade. ``watch`` and ``watch_runs`` return :class:`AsyncStream`
+    iterators. The channel is opened on the first call, in the running event
+    loop; a server that cannot be reached makes that call raise
+    :class:`StatepipeError` with code ``UNAVAILABLE``. Use ``async with`` or
+    ``await client.close()``.
 
     Args:
         address: ``host:port`` of the control plane (any gRPC target).
@@ -711,436 +746,6 @@ class Client:
             Streams (watch, watch_runs) have no deadline.
         credentials: TLS channel credentials; None for a plaintext channel.
         metadata: Sent with every call (e.g. ``[("authorization", "Bearer ...")]``).
-        options: Extra gRPC channel options, added to :data:`CHANNEL_OPTIONS`.
-    """
-
-    def __init__(
-        self,
-        address: str,
-        *,
-        timeout: float | None = 30.0,
-        credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] | None = None,
-        options: Sequence[tuple[str, Any]] | None = None,
-    ) -> None:
-        self.address = address
-        self.timeout = timeout
-        self._metadata = tuple(metadata or ())
-        channel_options = _channel_options(options)
-        if credentials is not None:
-            self._channel = grpc.secure_channel(address, credentials, channel_options)
-        else:
-            self._channel = grpc.insecure_channel(address, channel_options)
-        self._stub = pb_grpc.StatePipeStub(self._channel)
-
-    def close(self) -> None:
-        """Closes the channel; open streams are cancelled."""
-        self._channel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Client({self.address!r})"
-
-    def _unary(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        call = getattr(self._stub, method)
-        try:
-            return call(
-                request,
-                timeout=self.timeout if timeout is None else timeout,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as err:
-            raise _wrap(err, self.address) from err
-
-    def _stream(
-        self,
-        method: str,
-        request: Any,
-        convert: Callable[[Any], T],
-        timeout: float | None = None,
-        expand: Callable[[Any], Iterable[Any]] | None = None,
-    ) -> Stream[T]:
-        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
-        return Stream(call, convert, self.address, expand)
-
-    # workflows
-
-    def register_workflow(self, spec: Mapping[str, Any] | pb.WorkflowSpec) -> Workflow:
-        """Registers a workflow (name + version); registering the same spec again is a no-op.
-
-        Args:
-            spec: A spec dict (see ``spec_to_proto``) or a ``pb.WorkflowSpec``.
-
-        Returns:
-            The registered workflow; ``.created`` is False if it already existed.
-
-        Raises:
-            SpecError: The spec dict is malformed (checked before sending).
-            StatepipeError: The server refused it (INVALID_ARGUMENT: a cycle, an
-                unknown dependency, ...; ALREADY_EXISTS: same version, other spec).
-        """
-        response = self._unary("RegisterWorkflow", _register_request(spec))
-        return Workflow(response.workflow, created=response.created)
-
-    def get_workflow(self, name: str, version: str | None = None) -> Workflow:
-        """A registered workflow; the latest version when ``version`` is None.
-
-        Raises:
-            StatepipeError: NOT_FOUND, ...
-        """
-        request = pb.GetWorkflowRequest(name=name, version=version or "")
-        return Workflow(self._unary("GetWorkflow", request))
-
-    def list_workflows_page(
-        self,
-        name_contains: str | None = None,
-        *,
-        limit: int = 100,
-        page_token: str | None = None,
-    ) -> tuple[list[Workflow], str | None]:
-        """One page of registered workflows.
-
-        Returns:
-            The workflows and the token of the next page (None on the last page).
-        """
-        _check_limit(limit)
-        request = pb.ListWorkflowsRequest(
-            page_size=limit, page_token=page_token or "", name_contains=name_contains or ""
-        )
-        response = self._unary("ListWorkflows", request)
-        return [Workflow(w) for w in response.workflows], response.next_page_token or None
-
-    def list_workflows(
-        self,
-        name_contains: str | None = None,
-        *,
-        limit: int | None = 100,
-        page_token: str | None = None,
-    ) -> list[Workflow]:
-        """Registered workflows, following pages until ``limit`` (None: all).
-
-        Args:
-            name_contains: Only names containing this substring.
-            limit: Most workflows to return; None for all.
-            page_token: Start from this page (from ``list_workflows_page``).
-        """
-        _check_limit(limit)
-        workflows: list[Workflow] = []
-        token = page_token
-        while limit is None or len(workflows) < limit:
-            page, token = self.list_workflows_page(
-                name_contains, limit=_page_size(limit, len(workflows)), page_token=token
-            )
-            workflows.extend(page)
-            if not token or not page:
-                break
-        return workflows[:limit] if limit is not None else workflows
-
-    # runs
-
-    def start_run(
-        self,
-        workflow: str | Mapping[str, Any] | pb.WorkflowSpec,
-        input: Any = None,
-        *,
-        version: str | None = None,
-        idempotency_key: str | None = None,
-        labels: Mapping[str, str] | None = None,
-    ) -> str:
-        """Starts a run.
-
-        Args:
-            workflow: A registered workflow's name, or an inline spec (dict or
-                ``pb.WorkflowSpec``).
-            input: The run input, any JSON value (checked against the workflow's
-                input schema by the server).
-            version: Version of a registered workflow (None: the latest).
-            idempotency_key: Starting again with the same key returns the same run.
-            labels: Labels of the run.
-
-        Returns:
-            The run id.
-
-        Raises:
-            SpecError: Malformed inline spec, or an input that is not JSON.
-            ValueError: ``version`` given with an inline spec.
-            StatepipeError: NOT_FOUND (no such workflow), INVALID_ARGUMENT (bad
-                spec or input), ...
-        """
-        request = _start_request(workflow, input, version, idempotency_key, labels)
-        return str(self._unary("StartRun", request).run.run_id)
-
-    def get_run(self, run_id: str) -> Run:
-        """A run with its nodes.
-
-        Raises:
-            StatepipeError: NOT_FOUND, ...
-        """
-        return Run(self._unary("GetRun", pb.GetRunRequest(run_id=run_id)))
-
-    def list_runs_page(
-        self,
-        status: str | int | Iterable[str | int] | None = None,
-        workflow: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        text: str | None = None,
-        created_after: _dt.datetime | None = None,
-        created_before: _dt.datetime | None = None,
-        order_by: str | None = None,
-        limit: int = 100,
-        page_token: str | None = None,
-    ) -> tuple[list[Run], str | None]:
-        """One page of runs (arguments as :meth:`list_runs`; ``limit`` is the page size).
-
-        Returns:
-            The runs and the token of the next page (None on the last page).
-        """
-        _check_limit(limit)
-        request = _list_runs_request(
-            status, workflow, labels, text, created_after, created_before, order_by,
-            limit, page_token,
-        )  # fmt: skip
-        response = self._unary("ListRuns", request)
-        return [Run(r) for r in response.runs], response.next_page_token or None
-
-    def list_runs(
-        self,
-        status: str | int | Iterable[str | int] | None = None,
-        workflow: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        text: str | None = None,
-        created_after: _dt.datetime | None = None,
-        created_before: _dt.datetime | None = None,
-        order_by: str | None = None,
-        limit: int | None = 100,
-        page_token: str | None = None,
-    ) -> list[Run]:
-        """Runs matching every filter given, newest first by default (without nodes).
-
-        Args:
-            status: A status name ("running", "RUN_FAILED", ...) or a list of them.
-            workflow: Only runs of this workflow name.
-            labels: Only runs having all these labels.
-            text: Substring of the run id, workflow name or error.
-            created_after: Only runs created after this time (naive means UTC).
-            created_before: Only runs created before this time (naive means UTC).
-            order_by: "created_at" (default), "updated_at" or "finished_at";
-                prefix "-" for descending.
-            limit: Most runs to return, following pages as needed; None for all.
-            page_token: Start from this page (from ``list_runs_page``).
-
-        Raises:
-            ValueError: Unknown status name.
-            StatepipeError: INVALID_ARGUMENT (bad order_by), ...
-        """
-        _check_limit(limit)
-        runs: list[Run] = []
-        token = page_token
-        while limit is None or len(runs) < limit:
-            page, token = self.list_runs_page(
-                status, workflow, labels, text, created_after, created_before, order_by,
-                _page_size(limit, len(runs)), token,
-            )  # fmt: skip
-            runs.extend(page)
-            if not token or not page:
-                break
-        return runs[:limit] if limit is not None else runs
-
-    def pause(self, run_id: str, reason: str = "") -> Run:
-        """Pauses a running run: no new node starts, in-flight nodes finish.
-
-        Raises:
-            StatepipeError: FAILED_PRECONDITION when the run cannot be paused.
-        """
-        return Run(self._unary("PauseRun", pb.RunControlRequest(run_id=run_id, reason=reason)).run)
-
-    def resume(self, run_id: str, reason: str = "") -> Run:
-        """Resumes a paused, interrupted or failed run.
-
-        Raises:
-            StatepipeError: FAILED_PRECONDITION when the run cannot be resumed.
-        """
-        request = pb.RunControlRequest(run_id=run_id, reason=reason)
-        return Run(self._unary("ResumeRun", request).run)
-
-    def interrupt(self, run_id: str, reason: str = "") -> Run:
-        """Interrupts a run: in-flight nodes are cancelled now; resume queues them again.
-
-        Raises:
-            StatepipeError: FAILED_PRECONDITION when the run cannot be interrupted.
-        """
-        request = pb.RunControlRequest(run_id=run_id, reason=reason)
-        return Run(self._unary("InterruptRun", request).run)
-
-    def cancel(self, run_id: str, reason: str = "") -> Run:
-        """Cancels a run for good.
-
-        Raises:
-            StatepipeError: FAILED_PRECONDITION when the run is already final.
-        """
-        request = pb.RunControlRequest(run_id=run_id, reason=reason)
-        return Run(self._unary("CancelRun", request).run)
-
-    def retry_node(self, run_id: str, node_id: str) -> Run:
-        """Runs a failed node of a run again.
-
-        Raises:
-            StatepipeError: NOT_FOUND, FAILED_PRECONDITION, ...
-        """
-        request = pb.RetryNodeRequest(run_id=run_id, node_id=node_id)
-        return Run(self._unary("RetryNode", request).run)
-
-    # events
-
-    def watch(
-        self,
-        run_id: str,
-        after_seq: int = 0,
-        kinds: str | Iterable[str] | None = None,
-        follow_forever: bool = False,
-    ) -> Stream[Event]:
-        """The run's events: a replay from ``after_seq``, then live ones.
-
-        Ends once the run is final and every event was sent, unless
-        ``follow_forever``. Close the returned stream (or use ``with``) to stop
-        early; that cancels the call.
-
-        Args:
-            run_id: The run.
-            after_seq: Start with the event after this seq (0: from the start).
-            kinds: Only these event kinds ("log", "token", ...).
-            follow_forever: Keep following after the run ends (it may be resumed).
-
-        Returns:
-            An iterator of :class:`Event`; errors surface while iterating, as
-            :class:`StatepipeError`.
-        """
-        request = _watch_request(run_id, after_seq, kinds, follow_forever)
-        return self._stream("WatchRun", request, Event, expand=_batch_events)
-
-    def list_events(
-        self,
-        run_id: str,
-        after_seq: int = 0,
-        kinds: str | Iterable[str] | None = None,
-        node_id: str | None = None,
-        limit: int | None = 1000,
-    ) -> list[Event]:
-        """Stored events of a run, in seq order, following pages until ``limit``.
-
-        Args:
-            run_id: The run.
-            after_seq: Events after this seq.
-            kinds: Only these event kinds.
-            node_id: Only events of this node.
-            limit: Most events to return; None for all.
-        """
-        _check_limit(limit)
-        events: list[Event] = []
-        after = after_seq
-        while limit is None or len(events) < limit:
-            request = _events_request(run_id, after, kinds, node_id, _page_size(limit, len(events)))
-            response = self._unary("ListEvents", request)
-            events.extend(Event(e) for e in response.events)
-            if not response.events or response.next_after_seq <= after:
-                break
-            after = response.next_after_seq
-        return events[:limit] if limit is not None else events
-
-    def watch_runs(
-        self,
-        status: str | int | Iterable[str | int] | None = None,
-        workflow: str | None = None,
-        snapshot_size: int = 100,
-    ) -> Stream[tuple[Run, bool]]:
-        """Run summaries for a dashboard: a snapshot of current runs, then every change.
-
-        Args:
-            status: Only runs in this status (name or list of names).
-            workflow: Only runs of this workflow.
-            snapshot_size: How many current runs to send first (newest first).
-
-        Returns:
-            An iterator of ``(run, snapshot)``; ``snapshot`` is True for the
-            initial entries. Runs have ``node_counts`` but no nodes.
-        """
-        request = _watch_runs_request(status, workflow, snapshot_size)
-        return self._stream("WatchRuns", request, _run_update)
-
-    def wait(self, run_id: str, timeout: float | None = None) -> Run:
-        """Waits until the run is SUCCEEDED, FAILED or CANCELLED and returns it.
-
-        A paused or interrupted run keeps this waiting (until resumed and
-        finished, or the timeout).
-
-        Args:
-            run_id: The run.
-            timeout: Most seconds to wait; None for no limit.
-
-        Returns:
-            The final run, with its nodes.
-
-        Raises:
-            StatepipeError: DEADLINE_EXCEEDED on timeout; NOT_FOUND, ...
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        run = self.get_run(run_id)
-        after = run.last_seq
-        while not run.is_final:
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                raise _wait_timeout(run_id, timeout, run.status)
-            saw_final = False
-            stream = self._stream(
-                "WatchRun",
-                _watch_request(run_id, after, ["run_status"], True),
-                Event,
-                expand=_batch_events,
-                timeout=remaining,
-            )
-            try:
-                for event in stream:
-                    after = max(after, event.seq)
-                    if event.status in FINAL_RUN_STATUSES:
-                        saw_final = True
-                        break
-            except StatepipeError as err:
-                if err.code is grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
-                    raise _wait_timeout(run_id, timeout, run.status) from None
-                raise
-            finally:
-                stream.close()
-            run = self.get_run(run_id)
-            if not run.is_final and not saw_final:
-                time.sleep(max(0.0, min(_REWATCH_DELAY, _remaining(deadline) or _REWATCH_DELAY)))
-        return run
-
-
-# ------------------------------------------------------------- async client
-
-
-class AsyncClient:
-    """The asyncio twin of :class:`Client` (grpc.aio): same methods, as coroutines.
-
-    ``watch`` and ``watch_runs`` return async iterators. The channel is opened
-    on the first call, in the running event loop. Use ``async with`` or
-    ``await client.close()``.
-
-    Args:
-        address: ``host:port`` of the control plane (any gRPC target).
-        timeout: Deadline in seconds for each unary call (None: no deadline).
-        credentials: TLS channel credentials; None for a plaintext channel.
-        metadata: Sent with every call.
         options: Extra gRPC channel options, added to :data:`CHANNEL_OPTIONS`.
     """
 
@@ -1218,12 +823,28 @@ class AsyncClient:
     # workflows
 
     async def register_workflow(self, spec: Mapping[str, Any] | pb.WorkflowSpec) -> Workflow:
-        """See :meth:`Client.register_workflow`."""
+        """Registers a workflow (name + version); registering the same spec again is a no-op.
+
+        Args:
+            spec: A spec dict (see ``spec_to_proto``) or a ``pb.WorkflowSpec``.
+
+        Returns:
+            The registered workflow; ``.created`` is False if it already existed.
+
+        Raises:
+            SpecError: The spec dict is malformed (checked before sending).
+            StatepipeError: The server refused it (INVALID_ARGUMENT: a cycle, an
+                unknown dependency, ...; ALREADY_EXISTS: same version, other spec).
+        """
         response = await self._unary("RegisterWorkflow", _register_request(spec))
         return Workflow(response.workflow, created=response.created)
 
     async def get_workflow(self, name: str, version: str | None = None) -> Workflow:
-        """See :meth:`Client.get_workflow`."""
+        """A registered workflow; the latest version when ``version`` is None.
+
+        Raises:
+            StatepipeError: NOT_FOUND, ...
+        """
         request = pb.GetWorkflowRequest(name=name, version=version or "")
         return Workflow(await self._unary("GetWorkflow", request))
 
@@ -1234,7 +855,11 @@ class AsyncClient:
         limit: int = 100,
         page_token: str | None = None,
     ) -> tuple[list[Workflow], str | None]:
-        """See :meth:`Client.list_workflows_page`."""
+        """One page of registered workflows.
+
+        Returns:
+            The workflows and the token of the next page (None on the last page).
+        """
         _check_limit(limit)
         request = pb.ListWorkflowsRequest(
             page_size=limit, page_token=page_token or "", name_contains=name_contains or ""
@@ -1249,7 +874,13 @@ class AsyncClient:
         limit: int | None = 100,
         page_token: str | None = None,
     ) -> list[Workflow]:
-        """See :meth:`Client.list_workflows`."""
+        """Registered workflows, following pages until ``limit`` (None: all).
+
+        Args:
+            name_contains: Only names containing this substring.
+            limit: Most workflows to return; None for all.
+            page_token: Start from this page (from ``list_workflows_page``).
+        """
         _check_limit(limit)
         workflows: list[Workflow] = []
         token = page_token
@@ -1273,12 +904,35 @@ class AsyncClient:
         idempotency_key: str | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> str:
-        """See :meth:`Client.start_run`."""
+        """Starts a run.
+
+        Args:
+            workflow: A registered workflow's name, or an inline spec (dict or
+                ``pb.WorkflowSpec``).
+            input: The run input, any JSON value (checked against the workflow's
+                input schema by the server).
+            version: Version of a registered workflow (None: the latest).
+            idempotency_key: Starting again with the same key returns the same run.
+            labels: Labels of the run.
+
+        Returns:
+            The run id.
+
+        Raises:
+            SpecError: Malformed inline spec, or an input that is not JSON.
+            ValueError: ``version`` given with an inline spec.
+            StatepipeError: NOT_FOUND (no such workflow), INVALID_ARGUMENT (bad
+                spec or input), ...
+        """
         request = _start_request(workflow, input, version, idempotency_key, labels)
         return str((await self._unary("StartRun", request)).run.run_id)
 
     async def get_run(self, run_id: str) -> Run:
-        """See :meth:`Client.get_run`."""
+        """A run with its nodes.
+
+        Raises:
+            StatepipeError: NOT_FOUND, ...
+        """
         return Run(await self._unary("GetRun", pb.GetRunRequest(run_id=run_id)))
 
     async def list_runs_page(
@@ -1293,7 +947,11 @@ class AsyncClient:
         limit: int = 100,
         page_token: str | None = None,
     ) -> tuple[list[Run], str | None]:
-        """See :meth:`Client.list_runs_page`."""
+        """One page of runs (arguments as :meth:`list_runs`; ``limit`` is the page size).
+
+        Returns:
+            The runs and the token of the next page (None on the last page).
+        """
         _check_limit(limit)
         request = _list_runs_request(
             status, workflow, labels, text, created_after, created_before, order_by,
@@ -1314,7 +972,24 @@ class AsyncClient:
         limit: int | None = 100,
         page_token: str | None = None,
     ) -> list[Run]:
-        """See :meth:`Client.list_runs`."""
+        """Runs matching every filter given, newest first by default (without nodes).
+
+        Args:
+            status: A status name ("running", "RUN_FAILED", ...) or a list of them.
+            workflow: Only runs of this workflow name.
+            labels: Only runs having all these labels.
+            text: Substring of the run id, workflow name or error.
+            created_after: Only runs created after this time (naive means UTC).
+            created_before: Only runs created before this time (naive means UTC).
+            order_by: "created_at" (default), "updated_at" or "finished_at";
+                prefix "-" for descending.
+            limit: Most runs to return, following pages as needed; None for all.
+            page_token: Start from this page (from ``list_runs_page``).
+
+        Raises:
+            ValueError: Unknown status name.
+            StatepipeError: INVALID_ARGUMENT (bad order_by), ...
+        """
         _check_limit(limit)
         runs: list[Run] = []
         token = page_token
@@ -1329,27 +1004,47 @@ class AsyncClient:
         return runs[:limit] if limit is not None else runs
 
     async def pause(self, run_id: str, reason: str = "") -> Run:
-        """See :meth:`Client.pause`."""
-        request = pb.RunControlRequest(run_id=run_id, reason=reason)
-        return Run((await self._unary("PauseRun", request)).run)
+        """Pauses a running run: no new node starts, in-flight nodes finish.
+
+        Raises:
+            StatepipeError: FAILED_PRECONDITION when the run cannot be paused.
+        """
+        return await self._control("PauseRun", run_id, reason)
 
     async def resume(self, run_id: str, reason: str = "") -> Run:
-        """See :meth:`Client.resume`."""
-        request = pb.RunControlRequest(run_id=run_id, reason=reason)
-        return Run((await self._unary("ResumeRun", request)).run)
+        """Resumes a paused, interrupted or failed run.
+
+        Raises:
+            StatepipeError: FAILED_PRECONDITION when the run cannot be resumed.
+        """
+        return await self._control("ResumeRun", run_id, reason)
 
     async def interrupt(self, run_id: str, reason: str = "") -> Run:
-        """See :meth:`Client.interrupt`."""
-        request = pb.RunControlRequest(run_id=run_id, reason=reason)
-        return Run((await self._unary("InterruptRun", request)).run)
+        """Interrupts a run: in-flight nodes are cancelled now; resume queues them again.
+
+        Raises:
+            StatepipeError: FAILED_PRECONDITION when the run cannot be interrupted.
+        """
+        return await self._control("InterruptRun", run_id, reason)
 
     async def cancel(self, run_id: str, reason: str = "") -> Run:
-        """See :meth:`Client.cancel`."""
+        """Cancels a run for good.
+
+        Raises:
+            StatepipeError: FAILED_PRECONDITION when the run is already final.
+        """
+        return await self._control("CancelRun", run_id, reason)
+
+    async def _control(self, method: str, run_id: str, reason: str) -> Run:
         request = pb.RunControlRequest(run_id=run_id, reason=reason)
-        return Run((await self._unary("CancelRun", request)).run)
+        return Run((await self._unary(method, request)).run)
 
     async def retry_node(self, run_id: str, node_id: str) -> Run:
-        """See :meth:`Client.retry_node`."""
+        """Runs a failed node of a run again.
+
+        Raises:
+            StatepipeError: NOT_FOUND, FAILED_PRECONDITION, ...
+        """
         request = pb.RetryNodeRequest(run_id=run_id, node_id=node_id)
         return Run((await self._unary("RetryNode", request)).run)
 
@@ -1362,7 +1057,24 @@ class AsyncClient:
         kinds: str | Iterable[str] | None = None,
         follow_forever: bool = False,
     ) -> AsyncStream[Event]:
-        """See :meth:`Client.watch`; use ``async for`` (and ``aclose()`` to stop early)."""
+        """The run's events: a replay from ``after_seq``, then live ones.
+
+        Ends once the run is final and every event was sent, unless
+        ``follow_forever``. Close the returned stream (``aclose()``, or use
+        ``async with``; ``close()`` or ``with`` on :class:`Client`) to stop
+        early; that cancels the call.
+
+        Args:
+            run_id: The run.
+            after_seq: Start with the event after this seq (0: from the start).
+            kinds: Only these event kinds ("log", "token", ...).
+            follow_forever: Keep following after the run ends (it may be resumed).
+
+        Returns:
+            A stream of :class:`Event` (an :class:`AsyncStream`; a :class:`Stream`
+            on :class:`Client`); errors surface while iterating, as
+            :class:`StatepipeError`.
+        """
         request = _watch_request(run_id, after_seq, kinds, follow_forever)
         return self._stream("WatchRun", request, Event, expand=_batch_events)
 
@@ -1374,7 +1086,15 @@ class AsyncClient:
         node_id: str | None = None,
         limit: int | None = 1000,
     ) -> list[Event]:
-        """See :meth:`Client.list_events`."""
+        """Stored events of a run, in seq order, following pages until ``limit``.
+
+        Args:
+            run_id: The run.
+            after_seq: Events after this seq.
+            kinds: Only these event kinds.
+            node_id: Only events of this node.
+            limit: Most events to return; None for all.
+        """
         _check_limit(limit)
         events: list[Event] = []
         after = after_seq
@@ -1393,12 +1113,37 @@ class AsyncClient:
         workflow: str | None = None,
         snapshot_size: int = 100,
     ) -> AsyncStream[tuple[Run, bool]]:
-        """See :meth:`Client.watch_runs`; use ``async for``."""
+        """Run summaries for a dashboard: a snapshot of current runs, then every change.
+
+        Args:
+            status: Only runs in this status (name or list of names).
+            workflow: Only runs of this workflow.
+            snapshot_size: How many current runs to send first (newest first).
+
+        Returns:
+            A stream (an :class:`AsyncStream`; a :class:`Stream` on
+            :class:`Client`) of ``(run, snapshot)``; ``snapshot`` is True for
+            the initial entries. Runs have ``node_counts`` but no nodes.
+        """
         request = _watch_runs_request(status, workflow, snapshot_size)
         return self._stream("WatchRuns", request, _run_update)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> Run:
-        """See :meth:`Client.wait`."""
+        """Waits until the run is SUCCEEDED, FAILED or CANCELLED and returns it.
+
+        A paused or interrupted run keeps this waiting (until resumed and
+        finished, or the timeout).
+
+        Args:
+            run_id: The run.
+            timeout: Most seconds to wait; None for no limit.
+
+        Returns:
+            The final run, with its nodes.
+
+        Raises:
+            StatepipeError: DEADLINE_EXCEEDED on timeout; NOT_FOUND, ...
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         run = await self.get_run(run_id)
         after = run.last_seq
@@ -1431,3 +1176,295 @@ class AsyncClient:
                 delay = _remaining(deadline)
                 await asyncio.sleep(max(0.0, min(_REWATCH_DELAY, delay or _REWATCH_DELAY)))
         return run
+
+
+# -------------------------------------------------------------- sync client
+
+
+def _closed_error() -> StatepipeError:
+    return StatepipeError(grpc.StatusCode.CANCELLED, "the client was closed")
+
+
+async def _invoke(fn: Callable[[], object]) -> None:
+    fn()
+
+
+class _Handoff(Generic[R]):
+    """A coroutine handed to a :class:`_LoopThread`, and the lock its caller waits on.
+
+    Lighter than ``asyncio.run_coroutine_threadsafe``, whose
+    ``concurrent.futures.Future`` wakes the caller through a Condition whose
+    lock the loop thread still holds: one more thread switch per call, 10-40 us
+    on a busy 2-core machine.
+    """
+
+    __slots__ = ("coro", "finished", "task")
+
+    def __init__(self, coro: Coroutine[Any, Any, R]) -> None:
+        self.coro = coro
+        self.task: asyncio.Task[R] | None = None
+        self.finished = threading.Lock()
+        self.finished.acquire()
+
+    def start(self) -> None:
+        """On the loop: starts the coroutine as a task."""
+        self.task = asyncio.get_running_loop().create_task(self.coro)
+        self.task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[R]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned call's error is not logged as unseen
+        self.finished.release()
+
+    def cancel(self) -> None:
+        """On the loop, after start: cancels the task (its call with it)."""
+        if self.task is not None:
+            self.task.cancel()
+
+
+class _LoopThread:
+    """A private event loop on a daemon thread of its own: where a Client runs AsyncClient calls.
+
+    ``run`` may be called from any number of threads (but not from the loop's
+    own), including from inside another running event loop, which it blocks
+    like any blocking call.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._serve, name="statepipe-client", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            with self._lock:
+                self._stopped = True
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
+    def run(self, coro: Coroutine[Any, Any, R]) -> R:
+        """Runs ``coro`` on the loop and waits for its result.
+
+        Raises:
+            StatepipeError: CANCELLED when the loop stopped (the client was closed).
+            RuntimeError: Called from the loop's own thread, which would wait forever.
+        """
+        call = _Handoff(coro)
+        with self._lock:  # no new work once stop() began, so none is left unfinished
+            if self._stopped or self._on_loop():
+                coro.close()
+                if self._stopped:
+                    raise _closed_error()
+                raise RuntimeError("a Client cannot be called from its own event-loop thread")
+            self._loop.call_soon_threadsafe(call.start)
+        try:
+            call.finished.acquire()
+        except BaseException:  # Ctrl-C while waiting cancels the call too
+            self._loop.call_soon_threadsafe(call.cancel)
+            raise
+        task = cast("asyncio.Task[R]", call.task)
+        if task.cancelled():
+            raise _closed_error()
+        return task.result()
+
+    def call(self, fn: Callable[[], object]) -> None:
+        """Runs ``fn`` on the loop and waits for it; nothing once the loop has stopped."""
+        if self._on_loop():
+            fn()
+            return
+        with contextlib.suppress(StatepipeError):
+            self.run(_invoke(fn))
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        """Schedules ``fn`` on the loop without waiting (safe in ``__del__``)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._loop.call_soon_threadsafe(fn)
+
+    def stop(self, client: AsyncClient) -> None:
+        """Closes ``client`` on the loop (cancelling its calls), then ends the loop and thread."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        closing = self._close(client)
+        if self._on_loop():  # the last reference went on the loop thread: end there
+            self._loop.create_task(closing)
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(closing, self._loop)
+        except RuntimeError:  # the loop is closed already
+            closing.close()
+        self._thread.join(_STOP_TIMEOUT)
+
+    async def _close(self, client: AsyncClient) -> None:
+        try:
+            await client.close()
+        finally:
+            asyncio.get_running_loop().stop()
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Client, P], R]:
+    """The Client method of an AsyncClient coroutine method: runs it and waits for it."""
+
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._run(method(self._async, *args, **kwargs))
+
+    return _mirror(call, method)
+
+
+def _blocking_stream(
+    method: Callable[Concatenate[AsyncClient, P], AsyncStream[T]],
+) -> Callable[Concatenate[Client, P], Stream[T]]:
+    """The Client method of an AsyncClient method that opens an AsyncStream."""
+
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Stream[T]:
+        async def open_on_loop() -> AsyncStream[T]:  # a grpc.aio call belongs to its loop
+            return method(self._async, *args, **kwargs)
+
+        loop = self._loop_thread or self._start()
+        return Stream(loop.run(open_on_loop()), loop, self)
+
+    return _mirror(call, method, stream=True)
+
+
+def _mirror(call: F, method: Callable[..., Any], stream: bool = False) -> F:
+    """Gives ``call`` the name, docstring and signature of the AsyncClient ``method`` it runs."""
+    call.__name__ = method.__name__
+    call.__qualname__ = f"Client.{method.__name__}"
+    call.__doc__ = method.__doc__
+    returns = method.__annotations__["return"]
+    if stream:  # "AsyncStream[Event]" -> "Stream[Event]"
+        returns = str(returns).removeprefix("Async")
+    call.__annotations__ = {**method.__annotations__, "return": returns}
+    signature = inspect.signature(method).replace(return_annotation=returns)
+    call.__signature__ = signature  # type: ignore[attr-defined]
+    return call
+
+
+class Client:
+    """A blocking client of the statepipe control plane.
+
+    A facade over :class:`AsyncClient`, with the same methods: each one runs
+    the AsyncClient's coroutine on a private event loop, in a background
+    thread that the client starts on its first call and stops in
+    :meth:`close` (or when it is garbage-collected), and waits for it. It may
+    be called from several threads at once, and from inside a running event
+    loop (which the call blocks, as any blocking call does). ``watch`` and
+    ``watch_runs`` return :class:`Stream` iterators.
+
+    The connection is made on the first call; a server that cannot be reached
+    makes that call raise :class:`StatepipeError` with code ``UNAVAILABLE``.
+    Use it as a context manager, or call :meth:`close`.
+
+    Args:
+        address: ``host:port`` of the control plane (any gRPC target).
+        timeout: Deadline in seconds for each unary call (None: no deadline).
+            Streams (watch, watch_runs) have no deadline.
+        credentials: TLS channel credentials; None for a plaintext channel.
+        metadata: Sent with every call (e.g. ``[("authorization", "Bearer ...")]``).
+        options: Extra gRPC channel options, added to :data:`CHANNEL_OPTIONS`.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+    ) -> None:
+        self._async = AsyncClient(
+            address, timeout=timeout, credentials=credentials, metadata=metadata, options=options
+        )
+        self._loop_thread: _LoopThread | None = None
+        self._stop_loop: weakref.finalize | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the control plane."""
+        return self._async.address
+
+    @property
+    def timeout(self) -> float | None:
+        """Deadline in seconds for each unary call (None: no deadline)."""
+        return self._async.timeout
+
+    @timeout.setter
+    def timeout(self, timeout: float | None) -> None:
+        self._async.timeout = timeout
+
+    def _run(self, coro: Coroutine[Any, Any, R]) -> R:
+        return (self._loop_thread or self._start()).run(coro)
+
+    def _start(self) -> _LoopThread:
+        with self._lock:
+            if self._loop_thread is None:
+                loop = _LoopThread()
+                # Also ends the thread when the client is garbage-collected, or at exit.
+                self._stop_loop = weakref.finalize(self, loop.stop, self._async)
+                self._loop_thread = loop
+            return self._loop_thread
+
+    def close(self) -> None:
+        """Closes the channel and stops the client's thread; open streams are cancelled.
+
+        A call after that connects again.
+        """
+        with self._lock:
+            stop, self._stop_loop, self._loop_thread = self._stop_loop, None, None
+        if stop is not None:
+            stop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.address!r})"
+
+    # Every call is AsyncClient's, run by the blocking wrappers above; the
+    # signatures and docstrings are AsyncClient's too.
+
+    register_workflow = _blocking(AsyncClient.register_workflow)
+    get_workflow = _blocking(AsyncClient.get_workflow)
+    list_workflows_page = _blocking(AsyncClient.list_workflows_page)
+    list_workflows = _blocking(AsyncClient.list_workflows)
+
+    start_run = _blocking(AsyncClient.start_run)
+    get_run = _blocking(AsyncClient.get_run)
+    list_runs_page = _blocking(AsyncClient.list_runs_page)
+    list_runs = _blocking(AsyncClient.list_runs)
+    pause = _blocking(AsyncClient.pause)
+    resume = _blocking(AsyncClient.resume)
+    interrupt = _blocking(AsyncClient.interrupt)
+    cancel = _blocking(AsyncClient.cancel)
+    retry_node = _blocking(AsyncClient.retry_node)
+
+    watch = _blocking_stream(AsyncClient.watch)
+    list_events = _blocking(AsyncClient.list_events)
+    watch_runs = _blocking_stream(AsyncClient.watch_runs)
+    wait = _blocking(AsyncClient.wait)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
+import inspect
 import queue
 import re
+import signal
 import threading
 import time
+import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,7 +35,8 @@ RUN_KEYS = (
     " created_at started_at finished_at updated_at last_seq node_counts nodes"
 ).split()
 NODE_KEYS = (
-    "node_id kind status attempt input output error queued_at started_at finished_at usage after"
+    "node_id kind status attempt input output error traceback queued_at started_at finished_at"
+    " usage after"
 ).split()
 EVENT_KEYS = "run_id seq ts kind node_id attempt status message level data".split()
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -881,6 +886,112 @@ def test_watch_runs_summaries_count_the_events_committed_with_them(client: Clien
         assert [r.last_seq for r in updates if r.last_seq < 1] == []
     finally:
         reader.close()
+
+
+# ------------------------------------------------- Client, over AsyncClient
+
+
+def loop_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "statepipe-client"}
+
+
+def test_client_has_every_async_client_call_with_its_signature_and_docs() -> None:
+    calls = {
+        name
+        for name, member in vars(AsyncClient).items()
+        if not name.startswith("_") and inspect.isfunction(member) and name != "close"
+    }
+    assert calls >= {"get_run", "watch", "watch_runs", "wait", "list_events"}
+    for name in calls:
+        mine, theirs = getattr(Client, name), getattr(AsyncClient, name)
+        assert mine.__doc__ == theirs.__doc__, name
+        assert not inspect.iscoroutinefunction(mine), name
+        expected = inspect.signature(theirs)
+        if not inspect.iscoroutinefunction(theirs):  # opens a stream
+            expected = expected.replace(
+                return_annotation=expected.return_annotation.replace("AsyncStream[", "Stream[")
+            )
+        assert inspect.signature(mine) == expected, name
+    assert typing.get_type_hints(Client.watch)["return"] == Stream[Event]
+    assert typing.get_type_hints(Client.get_run) == {"run_id": str, "return": Run}
+    assert Client.watch_runs.__qualname__ == "Client.watch_runs"
+
+
+def test_client_runs_its_calls_on_one_thread_it_starts_late_and_stops(server: Any) -> None:
+    before = loop_threads()
+    client = Client(server.address, timeout=5)
+    assert (repr(client), client.address, client.timeout) == (
+        f"Client({server.address!r})",
+        server.address,
+        5,
+    )
+    assert loop_threads() == before  # no thread until the first call
+    with ThreadPoolExecutor(8) as pool:  # calls from many threads share it
+        assert list(pool.map(Client.list_runs, [client] * 32)) == [[]] * 32
+    (thread,) = loop_threads() - before
+    client.close()
+    assert not thread.is_alive()
+    client.close()  # again: nothing to do
+
+    assert client.list_runs() == []  # a call after close connects again
+    (again,) = loop_threads() - before
+    del client  # never closed: collecting it stops its thread
+    gc.collect()
+    again.join(5)
+    assert not again.is_alive()
+
+
+async def test_client_blocks_inside_a_running_event_loop_but_works(server: Any) -> None:
+    async def beat() -> None:
+        await asyncio.sleep(0)
+
+    with Client(server.address) as client:
+        run_id = client.start_run(OK)  # blocks this loop, as any blocking call would
+        assert client.wait(run_id, timeout=30).status == "SUCCEEDED"
+        assert [e.seq for e in client.watch(run_id)][-1] == client.get_run(run_id).last_seq
+        await beat()  # the test's loop is fine afterwards
+
+
+def test_a_collected_stream_cancels_its_call(client: Client) -> None:
+    slow = client.start_run(SLOW)
+    stream = client.watch(slow, follow_forever=True)
+    assert next(stream).seq == 1
+    call = stream._source._call
+    assert not call.done()
+    del stream
+    gc.collect()
+    wait_for(call.cancelled)
+    assert client.cancel(slow).status == "CANCELLED"  # the client keeps serving
+
+
+def test_closing_the_client_ends_streams_read_on_other_threads(server: Any) -> None:
+    client = Client(server.address)
+    slow = client.start_run(SLOW)
+    events = Reader(client.watch(slow, follow_forever=True))
+    assert events.next().seq == 1
+    client.close()
+    with pytest.raises(StatepipeError) as info:
+        events.until(lambda _: False)  # what had come, then the error
+    assert info.value.code is grpc.StatusCode.CANCELLED
+    events.thread.join(5)
+    with Client(server.address) as other:
+        assert other.cancel(slow).status == "CANCELLED"
+
+
+def test_ctrl_c_in_a_blocking_call_cancels_it(client: Client) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Ctrl-C reaches the main thread only")
+    slow = client.start_run(SLOW)
+    main = threading.main_thread().ident
+    started = time.monotonic()
+    interrupt = threading.Timer(0.3, signal.pthread_kill, [main, signal.SIGINT])
+    interrupt.start()
+    with pytest.raises(KeyboardInterrupt):
+        client.wait(slow, timeout=10)
+    interrupt.join()
+    assert time.monotonic() - started < 3
+    assert client.get_run(slow).status == "RUNNING"  # the client still works
+    assert client.cancel(slow).status == "CANCELLED"
 
 
 # -------------------------------------------------------------- AsyncClient
