@@ -21,7 +21,15 @@ from control_plane.convert import RUN_STATUS_NAME, from_struct, node_to_proto, r
 from control_plane.errors import AlreadyExists, InvalidArgument, NotFound, status_of
 from control_plane.pipeline import RUNS_TOPIC, EventPipeline
 from control_plane.scheduler import Scheduler
-from control_plane.store import Conflict, RunFilter, Store
+from control_plane.store import (
+    NULLS_LAST,
+    Conflict,
+    RunFilter,
+    RunRow,
+    Store,
+    order_column,
+    order_value,
+)
 from control_plane.watch import watch_run
 from statepipe_api.v1 import statepipe_pb2 as pb
 from statepipe_api.v1 import statepipe_pb2_grpc as pb_grpc
@@ -153,11 +161,84 @@ def _workflow_cursor(data: Any) -> int:
     return data
 
 
-def _run_cursor(data: Any) -> tuple[dt.datetime, str]:
-    value, run_id = data
-    if not isinstance(value, str) or not isinstance(run_id, str):
-        raise TypeError("not a run cursor")
-    return dt.datetime.fromisoformat(value), run_id
+def _run_cursor(column: str) -> Callable[[Any], tuple[Any, str]]:
+    """The decoder of a ListRuns page token issued for an order by `column`."""
+
+    def decode(data: Any) -> tuple[Any, str]:
+        value, run_id = data
+        if not isinstance(run_id, str):
+            raise TypeError("not a run cursor")
+        if value is None and column in NULLS_LAST:
+            return None, run_id
+        if column == "duration_ms":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError("not a duration cursor")
+            return dt.timedelta(microseconds=value), run_id
+        if not isinstance(value, str):
+            raise TypeError("not a run cursor")
+        if column in ("status", "workflow_name"):
+            return value, run_id
+        return dt.datetime.fromisoformat(value), run_id
+
+    return decode
+
+
+def _encode_run_cursor(run: RunRow, order_by: str) -> str:
+    value = order_value(run, order_by)
+    if isinstance(value, dt.timedelta):
+        value = value // dt.timedelta(microseconds=1)
+    elif isinstance(value, dt.datetime):
+        value = value.isoformat()
+    return _encode_token([value, run.run_id])
+
+
+def _order_by(requested: str) -> str:
+    order_by = requested or "-created_at"
+    try:
+        order_column(order_by)
+    except ValueError as err:
+        raise InvalidArgument(str(err)) from None
+    return order_by
+
+
+def _run_filter(request: pb.ListRunsRequest | pb.WatchRunsRequest) -> RunFilter:
+    return RunFilter(
+        statuses=[RUN_STATUS_NAME[s] for s in request.statuses if s in RUN_STATUS_NAME],
+        workflow_name=request.workflow_name,
+        labels=dict(request.labels),
+        created_after=(
+            request.created_after.ToDatetime(dt.UTC) if request.HasField("created_after") else None
+        ),
+        created_before=(
+            request.created_before.ToDatetime(dt.UTC)
+            if request.HasField("created_before")
+            else None
+        ),
+        text=request.text,
+    )
+
+
+def _matches(flt: RunFilter, statuses: set[int], run: pb.Run) -> bool:
+    """Whether a live run summary passes the filter, as the store's SQL decides
+    (control_plane.store._run_filter_sql) for the snapshot."""
+    if statuses and run.status not in statuses:
+        return False
+    if flt.workflow_name and run.workflow_name != flt.workflow_name:
+        return False
+    if flt.labels:
+        labels = run.labels
+        if any(labels.get(k) != v for k, v in flt.labels.items()):
+            return False
+    if flt.created_after or flt.created_before:
+        created = run.created_at.ToDatetime(dt.UTC)
+        if flt.created_after and created < flt.created_after:
+            return False
+        if flt.created_before and created >= flt.created_before:
+            return False
+    if flt.text:
+        text = flt.text
+        return text in run.run_id or text in run.workflow_name or text.lower() in run.error.lower()
+    return True
 
 
 def _require_run_id(run_id: str) -> str:
@@ -268,39 +349,15 @@ class Servicer(pb_grpc.StatePipeServicer):
     @_unary
     async def ListRuns(self, request: pb.ListRunsRequest, context: Any) -> pb.ListRunsResponse:
         limit = _page_size(request.page_size)
-        flt = RunFilter(
-            statuses=[RUN_STATUS_NAME[s] for s in request.statuses if s in RUN_STATUS_NAME],
-            workflow_name=request.workflow_name,
-            labels=dict(request.labels),
-            created_after=(
-                request.created_after.ToDatetime(dt.UTC)
-                if request.HasField("created_after")
-                else None
-            ),
-            created_before=(
-                request.created_before.ToDatetime(dt.UTC)
-                if request.HasField("created_before")
-                else None
-            ),
-            text=request.text,
-        )
-        order_by = request.order_by or "-created_at"
+        flt = _run_filter(request)
+        order_by = _order_by(request.order_by)
         cursor = None
         if request.page_token:
-            cursor = _decode_token(request.page_token, _run_cursor)
-        try:
-            rows = await self.store.list_runs(
-                flt, order_by=order_by, limit=limit + 1, cursor=cursor
-            )
-        except ValueError as err:
-            raise InvalidArgument(str(err)) from None
+            cursor = _decode_token(request.page_token, _run_cursor(order_column(order_by)))
+        rows = await self.store.list_runs(flt, order_by=order_by, limit=limit + 1, cursor=cursor)
         response = pb.ListRunsResponse(runs=[run_to_proto(r) for r in rows[:limit]])
         if len(rows) > limit:
-            last = rows[limit - 1]
-            column = order_by.lstrip("-+")
-            response.next_page_token = _encode_token(
-                [getattr(last, column).isoformat(), last.run_id]
-            )
+            response.next_page_token = _encode_run_cursor(rows[limit - 1], order_by)
         return response
 
     async def _control(self, run_id: str, action: str, **kwargs: Any) -> pb.RunControlResponse:
@@ -367,24 +424,21 @@ class Servicer(pb_grpc.StatePipeServicer):
     async def WatchRuns(
         self, request: pb.WatchRunsRequest, context: Any
     ) -> AsyncIterator[pb.RunSummaryUpdate]:
-        statuses = set(request.statuses)
+        flt = _run_filter(request)
+        order_by = _order_by(request.order_by)
+        size = _page_size(request.snapshot_size or 100, field="snapshot_size")
         self.pipeline.summary_watchers += 1
         try:
-            async for update in self._watch_runs(request, statuses):
+            async for update in self._watch_runs(flt, set(request.statuses), order_by, size):
                 yield update
         finally:
             self.pipeline.summary_watchers -= 1
 
     async def _watch_runs(
-        self, request: pb.WatchRunsRequest, statuses: set[int]
+        self, flt: RunFilter, statuses: set[int], order_by: str, size: int
     ) -> AsyncIterator[pb.RunSummaryUpdate]:
         sub = self.bus.subscribe(RUNS_TOPIC, self.bus.last_seq(RUNS_TOPIC) or 0)
-        size = request.snapshot_size or 100
-        flt = RunFilter(
-            statuses=[RUN_STATUS_NAME[s] for s in statuses if s in RUN_STATUS_NAME],
-            workflow_name=request.workflow_name,
-        )
-        for row in await self.store.list_runs(flt, limit=_page_size(size, field="snapshot_size")):
+        for row in await self.store.list_runs(flt, order_by=order_by, limit=size):
             yield pb.RunSummaryUpdate(run=run_to_proto(row), snapshot=True)
         while True:
             try:
@@ -396,11 +450,8 @@ class Servicer(pb_grpc.StatePipeServicer):
                 return
             for _, body in batch:
                 update = pb.RunSummaryUpdate.FromString(body)
-                if statuses and update.run.status not in statuses:
-                    continue
-                if request.workflow_name and update.run.workflow_name != request.workflow_name:
-                    continue
-                yield update
+                if _matches(flt, statuses, update.run):
+                    yield update
 
 
 def add_to_server(servicer: Servicer, server: grpc.aio.Server) -> None:

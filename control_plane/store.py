@@ -307,7 +307,85 @@ class RunFilter:
     text: str = ""
 
 
-ORDERABLE = {"created_at", "updated_at", "finished_at"}
+# What ListRuns can order by: the SQL each name sorts on, as written in the
+# index behind it (migrations 0001, 0003); ties are broken by run_id.
+ORDER_SQL = {
+    "created_at": "created_at",
+    "updated_at": "updated_at",
+    "finished_at": "finished_at",
+    "started_at": "started_at",
+    "status": "status",
+    "workflow_name": "workflow_name",
+    "duration_ms": "(finished_at - started_at)",
+}
+ORDERABLE = set(ORDER_SQL)
+# Orders whose value may be missing: those runs come after all the others, in
+# both directions, in run_id order (in the direction asked for). A run that
+# has not finished has no duration (now - started_at would change under the
+# index). finished_at leaves unfinished runs out, as it always did.
+NULLS_LAST = {"started_at", "duration_ms"}
+NULLABLE = NULLS_LAST | {"finished_at"}
+
+
+def order_column(order_by: str) -> str:
+    """The name `order_by` sorts on ("-" prefix: descending).
+
+    Raises:
+        ValueError: Not one of ORDERABLE, with the choices.
+    """
+    column = order_by.lstrip("-+")
+    if column not in ORDERABLE:
+        raise ValueError(
+            f"cannot order by {order_by!r}; use one of {sorted(ORDERABLE)}, '-' for descending"
+        )
+    return column
+
+
+def order_value(run: RunRow, order_by: str) -> Any:
+    """The value `run` sorts on in the order `order_by` (None: it sorts last)."""
+    column = order_column(order_by)
+    if column == "duration_ms":
+        if run.started_at is None or run.finished_at is None:
+            return None
+        return run.finished_at - run.started_at
+    return getattr(run, column)
+
+
+def _where(terms: Sequence[str]) -> str:
+    return " WHERE " + " AND ".join(terms) if terms else ""
+
+
+def _run_filter_sql(flt: RunFilter) -> tuple[list[str], list[Any]]:
+    """The WHERE terms of a RunFilter and their arguments."""
+    where: list[str] = []
+    args: list[Any] = []
+    if len(flt.statuses) == 1:
+        # An equality, not ANY: the planner then walks the order's index per
+        # status (runs_status_created) instead of sorting every match.
+        where.append("status = %s")
+        args.append(flt.statuses[0])
+    elif flt.statuses:
+        where.append("status = ANY(%s)")
+        args.append(list(flt.statuses))
+    if flt.workflow_name:
+        where.append("workflow_name = %s")
+        args.append(flt.workflow_name)
+    if flt.labels:
+        where.append("labels @> %s")
+        args.append(Jsonb(flt.labels))
+    if flt.created_after:
+        where.append("created_at >= %s")
+        args.append(flt.created_after)
+    if flt.created_before:
+        where.append("created_at < %s")
+        args.append(flt.created_before)
+    if flt.text:
+        where.append(
+            "(strpos(run_id, %s) > 0 OR strpos(workflow_name, %s) > 0"
+            " OR strpos(lower(error), lower(%s)) > 0)"
+        )
+        args += [flt.text, flt.text, flt.text]
+    return where, args
 
 
 class Store:
@@ -447,55 +525,48 @@ class Store:
         *,
         order_by: str = "-created_at",
         limit: int = 100,
-        cursor: tuple[dt.datetime, str] | None = None,
+        cursor: tuple[Any, str] | None = None,
     ) -> list[RunRow]:
-        """Runs matching the filter, ordered, after a keyset cursor (value, run_id)."""
+        """Runs matching the filter, ordered, after a keyset cursor.
+
+        The cursor is the last row's (`order_value`, run_id); a value of None
+        (orders in NULLS_LAST) means the cursor is among the runs without one.
+        Each query is one walk of the order's index: rows with a value, then,
+        if the page is not full, the rows without one (their own small index).
+        """
+        column = order_column(order_by)
         descending = order_by.startswith("-")
-        column = order_by.lstrip("-+")
-        if column not in ORDERABLE:
-            raise ValueError(
-                f"cannot order by {order_by!r}; use one of {sorted(ORDERABLE)}, '-' for descending"
-            )
-        where: list[str] = []
-        args: list[Any] = []
-        if flt.statuses:
-            where.append("status = ANY(%s)")
-            args.append(list(flt.statuses))
-        if flt.workflow_name:
-            where.append("workflow_name = %s")
-            args.append(flt.workflow_name)
-        if flt.labels:
-            where.append("labels @> %s")
-            args.append(Jsonb(flt.labels))
-        if flt.created_after:
-            where.append("created_at >= %s")
-            args.append(flt.created_after)
-        if flt.created_before:
-            where.append("created_at < %s")
-            args.append(flt.created_before)
-        if flt.text:
-            where.append(
-                "(strpos(run_id, %s) > 0 OR strpos(workflow_name, %s) > 0"
-                " OR strpos(lower(error), lower(%s)) > 0)"
-            )
-            args += [flt.text, flt.text, flt.text]
-        if column == "finished_at":
-            where.append("finished_at IS NOT NULL")
-        if cursor is not None:
-            op = "<" if descending else ">"
-            where.append(f"({column}, run_id) {op} (%s, %s)")
-            args += list(cursor)
+        key = ORDER_SQL[column]
+        where, args = _run_filter_sql(flt)
+        op = "<" if descending else ">"
         direction = "DESC" if descending else "ASC"
-        sql = (
-            "SELECT * FROM runs"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + f" ORDER BY {column} {direction}, run_id {direction} LIMIT %s"
-        )
-        args.append(limit)
+        rows: list[RunRow] = []
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql, args)
-            return [RunRow(**r) for r in await cur.fetchall()]
+            if cursor is None or cursor[0] is not None:
+                valued = [*where, f"{key} IS NOT NULL"] if column in NULLABLE else list(where)
+                valued_args = list(args)
+                if cursor is not None:
+                    valued.append(f"({key}, run_id) {op} (%s, %s)")
+                    valued_args += list(cursor)
+                await cur.execute(
+                    f"SELECT * FROM runs{_where(valued)}"
+                    f" ORDER BY {key} {direction}, run_id {direction} LIMIT %s",
+                    [*valued_args, limit],
+                )
+                rows = [RunRow(**r) for r in await cur.fetchall()]
+            if column in NULLS_LAST and len(rows) < limit:
+                missing = [*where, f"{key} IS NULL"]
+                missing_args = list(args)
+                if cursor is not None and cursor[0] is None:
+                    missing.append(f"run_id {op} %s")
+                    missing_args.append(cursor[1])
+                await cur.execute(
+                    f"SELECT * FROM runs{_where(missing)} ORDER BY run_id {direction} LIMIT %s",
+                    [*missing_args, limit - len(rows)],
+                )
+                rows += [RunRow(**r) for r in await cur.fetchall()]
+        return rows
 
     # ---------------------------------------------------------------- events
 

@@ -712,11 +712,26 @@ def _events_request(
 
 
 def _watch_runs_request(
-    status: str | int | Iterable[str | int] | None, workflow: str | None, snapshot_size: int
+    status: str | int | Iterable[str | int] | None,
+    workflow: str | None,
+    snapshot_size: int,
+    labels: Mapping[str, str] | None,
+    text: str | None,
+    created_after: _dt.datetime | None,
+    created_before: _dt.datetime | None,
+    order_by: str | None,
 ) -> pb.WatchRunsRequest:
-    return pb.WatchRunsRequest(
-        statuses=_statuses(status), workflow_name=workflow or "", snapshot_size=snapshot_size
+    request = pb.WatchRunsRequest(
+        statuses=_statuses(status),
+        workflow_name=workflow or "",
+        snapshot_size=snapshot_size,
+        labels=labels or {},
+        text=text or "",
+        order_by=order_by or "",
     )
+    _timestamp_field(request, "created_after", created_after)
+    _timestamp_field(request, "created_before", created_before)
+    return request
 
 
 def _run_update(update: pb.RunSummaryUpdate) -> tuple[Run, bool]:
@@ -981,8 +996,12 @@ class AsyncClient:
             text: Substring of the run id, workflow name or error.
             created_after: Only runs created after this time (naive means UTC).
             created_before: Only runs created before this time (naive means UTC).
-            order_by: "created_at" (default), "updated_at" or "finished_at";
-                prefix "-" for descending.
+            order_by: "created_at" (default), "updated_at", "finished_at",
+                "started_at", "status", "workflow_name" or "duration_ms"
+                (finished_at - started_at); prefix "-" for descending.
+                Ties go by run id; "finished_at" leaves out unfinished runs,
+                "started_at" and "duration_ms" put runs without a value last
+                in both directions.
             limit: Most runs to return, following pages as needed; None for all.
             page_token: Start from this page (from ``list_runs_page``).
 
@@ -1112,20 +1131,36 @@ class AsyncClient:
         status: str | int | Iterable[str | int] | None = None,
         workflow: str | None = None,
         snapshot_size: int = 100,
+        labels: Mapping[str, str] | None = None,
+        text: str | None = None,
+        created_after: _dt.datetime | None = None,
+        created_before: _dt.datetime | None = None,
+        order_by: str | None = None,
     ) -> AsyncStream[tuple[Run, bool]]:
         """Run summaries for a dashboard: a snapshot of current runs, then every change.
+
+        The filters apply to the snapshot and to every live change, as in
+        :meth:`list_runs`.
 
         Args:
             status: Only runs in this status (name or list of names).
             workflow: Only runs of this workflow.
-            snapshot_size: How many current runs to send first (newest first).
+            snapshot_size: How many current runs to send first.
+            labels: Only runs having all these labels.
+            text: Substring of the run id, workflow name or error.
+            created_after: Only runs created after this time (naive means UTC).
+            created_before: Only runs created before this time (naive means UTC).
+            order_by: The snapshot's order, as in :meth:`list_runs` (default
+                newest first).
 
         Returns:
             A stream (an :class:`AsyncStream`; a :class:`Stream` on
             :class:`Client`) of ``(run, snapshot)``; ``snapshot`` is True for
             the initial entries. Runs have ``node_counts`` but no nodes.
         """
-        request = _watch_runs_request(status, workflow, snapshot_size)
+        request = _watch_runs_request(
+            status, workflow, snapshot_size, labels, text, created_after, created_before, order_by
+        )
         return self._stream("WatchRuns", request, _run_update)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> Run:

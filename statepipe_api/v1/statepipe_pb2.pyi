@@ -467,14 +467,31 @@ class ListEventsResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., next_after_seq: _Optional[int] = ...) -> None: ...
 
 class WatchRunsRequest(_message.Message):
-    __slots__ = ("statuses", "workflow_name", "snapshot_size")
+    __slots__ = ("statuses", "workflow_name", "snapshot_size", "labels", "created_after", "created_before", "text", "order_by")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
     statuses: _containers.RepeatedScalarFieldContainer[RunStatus]
     workflow_name: str
     snapshot_size: int
-    def __init__(self, statuses: _Optional[_Iterable[_Union[RunStatus, str]]] = ..., workflow_name: _Optional[str] = ..., snapshot_size: _Optional[int] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    text: str
+    order_by: str
+    def __init__(self, statuses: _Optional[_Iterable[_Union[RunStatus, str]]] = ..., workflow_name: _Optional[str] = ..., snapshot_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ..., order_by: _Optional[str] = ...) -> None: ...
 
 class RunSummaryUpdate(_message.Message):
     __slots__ = ("run", "snapshot")

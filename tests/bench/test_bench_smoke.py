@@ -1,6 +1,7 @@
 """Smoke tests: the benchmarks run end to end at --quick sizes.
 
 bench_control_plane.py starts its own embedded Postgres and control plane,
+bench_list_runs.py its own Postgres and a server process,
 bench_ray.py its own local Ray. Only the exit code and the presence of each
 section's lines are checked, never a timing.
 """
@@ -56,4 +57,23 @@ def test_bench_ray_quick() -> None:
     proc, report = run_bench("bench_ray.py")
     for needle in ("raw Ray actor call", "Ray executor no-op node", "x raw (", "events/s"):
         assert needle in proc.stdout, report
+    assert "Traceback" not in proc.stderr, report
+
+
+@pytest.mark.timeout(300)
+def test_bench_list_runs_quick() -> None:
+    """bench/bench_list_runs.py: its own Postgres, a server process, every order and filter."""
+    proc, report = run_bench("bench_list_runs.py", "--hard-timeout", "240")
+    for needle in (
+        "runs written with COPY",
+        "baseline GetRun by primary key",
+        "summary: slowest p99",
+    ):
+        assert needle in proc.stdout, report
+    for order in ("created_at", "started_at", "status", "workflow_name", "duration_ms"):
+        for order_by in (order, f"-{order}"):
+            assert f"order_by={order_by} " in proc.stdout, report
+    for case in ("status=failed ", "workflow=wf07 ", "label team=team3 ", "text="):
+        assert case in proc.stdout, report
+    assert proc.stdout.count("x baseline") == 27, report  # 14 orders, 13 filter cases
     assert "Traceback" not in proc.stderr, report

@@ -138,8 +138,15 @@ QUERIES = {
         "SELECT * FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 10",
         "runs_created",
     ),
+    # Several statuses: either status index (neither gives the created order).
     "list by status": (
-        "SELECT * FROM runs WHERE status = ANY(ARRAY['RUNNING']) "
+        "SELECT * FROM runs WHERE status = ANY(ARRAY['RUNNING', 'FAILED']) "
+        "ORDER BY created_at DESC, run_id DESC LIMIT 10",
+        "runs_status",
+    ),
+    # One status is an equality (store.list_runs): the index gives the order.
+    "list by one status": (
+        "SELECT * FROM runs WHERE status = 'RUNNING' "
         "ORDER BY created_at DESC, run_id DESC LIMIT 10",
         "runs_status_created",
     ),
@@ -152,6 +159,79 @@ QUERIES = {
     "by updated": (
         "SELECT * FROM runs ORDER BY updated_at DESC, run_id DESC LIMIT 10",
         "runs_updated",
+    ),
+    # Every other ListRuns order (migration 0003), each direction, after a page token.
+    "by started": (
+        "SELECT * FROM runs WHERE started_at IS NOT NULL"
+        " AND (started_at, run_id) > ('2026-01-01', 'x') ORDER BY started_at, run_id LIMIT 10",
+        "runs_started",
+    ),
+    "by started, descending": (
+        "SELECT * FROM runs WHERE started_at IS NOT NULL"
+        " ORDER BY started_at DESC, run_id DESC LIMIT 10",
+        "runs_started",
+    ),
+    "not started, last": (
+        "SELECT * FROM runs WHERE started_at IS NULL AND run_id < 'x'"
+        " ORDER BY run_id DESC LIMIT 10",
+        "runs_unstarted",
+    ),
+    "by finished": (
+        "SELECT * FROM runs WHERE finished_at IS NOT NULL"
+        " AND (finished_at, run_id) > ('2026-01-01', 'x') ORDER BY finished_at, run_id LIMIT 10",
+        "runs_finished",
+    ),
+    "by status": (
+        "SELECT * FROM runs WHERE (status, run_id) > ('FAILED', 'x')"
+        " ORDER BY status, run_id LIMIT 10",
+        "runs_status",
+    ),
+    "by status, descending": (
+        "SELECT * FROM runs ORDER BY status DESC, run_id DESC LIMIT 10",
+        "runs_status",
+    ),
+    "by workflow name": (
+        "SELECT * FROM runs WHERE (workflow_name, run_id) > ('w', 'x')"
+        " ORDER BY workflow_name, run_id LIMIT 10",
+        "runs_workflow",
+    ),
+    "by workflow name, descending": (
+        "SELECT * FROM runs ORDER BY workflow_name DESC, run_id DESC LIMIT 10",
+        "runs_workflow",
+    ),
+    "by duration": (
+        "SELECT * FROM runs WHERE (finished_at - started_at) IS NOT NULL"
+        " AND ((finished_at - started_at), run_id) > ('1 second'::interval, 'x')"
+        " ORDER BY (finished_at - started_at), run_id LIMIT 10",
+        "runs_duration",
+    ),
+    "by duration, descending": (
+        "SELECT * FROM runs WHERE (finished_at - started_at) IS NOT NULL"
+        " ORDER BY (finished_at - started_at) DESC, run_id DESC LIMIT 10",
+        "runs_duration",
+    ),
+    "no duration, last": (
+        "SELECT * FROM runs WHERE (finished_at - started_at) IS NULL AND run_id > 'x'"
+        " ORDER BY run_id LIMIT 10",
+        "runs_undurated",
+    ),
+    # Filters ListRuns and WatchRuns' snapshot apply: created_* bound the order's
+    # index; text cannot be indexed (substrings): it filters the order's index
+    # walk, which stops at the page's last row.
+    "created between": (
+        "SELECT * FROM runs WHERE created_at >= '2026-01-01' AND created_at < '2026-02-01'"
+        " ORDER BY created_at DESC, run_id DESC LIMIT 10",
+        "runs_created",
+    ),
+    "text": (
+        "SELECT * FROM runs WHERE (strpos(run_id, 'ab') > 0 OR strpos(workflow_name, 'ab') > 0"
+        " OR strpos(lower(error), lower('ab')) > 0) ORDER BY created_at DESC, run_id DESC LIMIT 10",
+        "runs_created",
+    ),
+    "label, newest first": (
+        'SELECT * FROM runs WHERE labels @> \'{"a": "b"}\''
+        " ORDER BY created_at DESC, run_id DESC LIMIT 10",
+        "runs_labels",
     ),
     "nodes of a run": ("SELECT * FROM nodes WHERE run_id = 'x' ORDER BY position", "nodes_pkey"),
     "replay": (

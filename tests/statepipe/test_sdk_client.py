@@ -92,7 +92,8 @@ def two_steps(name: str, seconds: float) -> dict[str, Any]:
 
 
 OK = {"name": "ok", "nodes": [py("a", "echo")]}
-BAD = {"name": "bad", "nodes": [py("a", "boom")]}
+# Not a hex word: run ids are hex, and the text filter also matches run ids.
+BAD = {"name": "broken", "nodes": [py("a", "boom")]}
 SLOW = {"name": "slow", "nodes": [py("s", "sleep", args={"seconds": 5})]}
 
 _END = object()
@@ -507,7 +508,7 @@ def test_list_runs_filters_order_and_pages(client: Client) -> None:
     assert ids(labels={"env": "prod", "i": "1"}) == [quick[0]]
     assert ids(workflow="ok", labels={"env": "prod"}, status="succeeded") == [quick[2], quick[0]]
     assert ids(text=early[:12]) == [early]
-    assert ids(text="bad") == [failed]  # workflow name
+    assert ids(text="broken") == [failed]  # workflow name
     assert ids(text="NODE(S) FAILED") == [failed]  # error, case-insensitive
     assert ids(text="no such thing") == []
 
@@ -560,7 +561,8 @@ def test_list_runs_filters_order_and_pages(client: Client) -> None:
         client.list_runs(order_by="name")
     assert str(info.value) == (
         "INVALID_ARGUMENT: cannot order by 'name'; use one of "
-        "['created_at', 'finished_at', 'updated_at'], '-' for descending"
+        "['created_at', 'duration_ms', 'finished_at', 'started_at', 'status', 'updated_at',"
+        " 'workflow_name'], '-' for descending"
     )
     client.cancel(slow)
 
