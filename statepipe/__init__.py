@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         Run,
         StatepipeError,
     )
-    from statepipe.sdk import Retry, TargetError, Workflow, load_target
+    from statepipe.sdk import Retry, TargetError, TargetWarning, Workflow, load_target
     from statepipe_api.convert import SpecError
 
 # Exported name -> module that defines it.
@@ -41,6 +41,7 @@ _LAZY = {
     "SpecError": "statepipe_api.convert",
     "StatepipeError": "statepipe.client",
     "TargetError": "statepipe.sdk",
+    "TargetWarning": "statepipe.sdk",
     "Workflow": "statepipe.sdk",
     "load_target": "statepipe.sdk",
 }
@@ -55,6 +56,7 @@ __all__ = [
     "SpecError",
     "StatepipeError",
     "TargetError",
+    "TargetWarning",
     "Workflow",
     "__version__",
     "load_target",

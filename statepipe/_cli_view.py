@@ -69,8 +69,20 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+class _StdoutConsole(Console):
+    """A console on stdout whose closed pipe is an ordinary ``BrokenPipeError``.
+
+    rich's own answer (``Console.on_broken_pipe``) is ``SystemExit(1)``; the CLI
+    handles a closed stdout in one place, for every way of writing to it.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def stdout_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return _StdoutConsole(highlight=False, soft_wrap=True)
 
 
 def status_text(status: str) -> Text:

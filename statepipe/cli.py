@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -254,10 +255,7 @@ def _handle_errors(f: F) -> F:
             sys.stderr.write("\n")
             sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:
-            # stdout went away (| head): leave quietly.
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(EXIT_FAILED)
+            _stdout_closed()
         except Exception as err:
             cli_error = _translate(err, _setting("server") or "")
             if cli_error is None:
@@ -266,6 +264,21 @@ def _handle_errors(f: F) -> F:
             sys.exit(cli_error.code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stdout_closed() -> NoReturn:
+    """stdout's reader went away (``statepipe ls | head``): leave quietly, status 0.
+
+    As a program killed by SIGPIPE would, but without the signal's status: a
+    reader that stops early is not an error. stdout becomes /dev/null first, so
+    the interpreter's last flush of what is still buffered does not fail (and
+    print a traceback) on the way out.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    _exit(EXIT_OK)
 
 
 def _one_line_message(text: str) -> str:
@@ -281,6 +294,20 @@ class _Group(click.Group):
     error where click would show the usage, the usage on a second line); usage
     errors exit 2 (EXIT_USAGE) as the errors the commands raise themselves.
     """
+
+    # click answers a closed stdout with status 1; ours is _stdout_closed. Its
+    # own output (--help, --version) is written while the context is made.
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            _stdout_closed()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _stdout_closed()
 
     def main(  # type: ignore[override]
         self,
@@ -490,6 +517,14 @@ def _connection(purpose: str, run_id: str | None = None) -> Iterator[Connection]
     conn = _connect(purpose, run_id)
     try:
         yield conn
+    except BrokenPipeError:
+        # stdout's reader went away: we leave quietly (_stdout_closed). Stopping
+        # an in-process plane under a stream just cut off can log shutdown noise
+        # (psycopg's "query cancellation interrupted", grpc's poller finding its
+        # event loop closed); none of it concerns the user who stopped reading.
+        if conn.plane is not None:
+            logging.disable(logging.CRITICAL)
+        raise
     except Exception as err:
         code = getattr(getattr(err, "code", None), "name", "")
         if conn.borrowed_pid is not None and code == "UNAVAILABLE":
@@ -568,11 +603,19 @@ def _target_file(target: str) -> Path | None:
 
 
 def _load_target(target: str) -> tuple[dict[str, Any] | None, str]:
-    from statepipe.sdk import TargetError, load_target
+    from statepipe.sdk import TargetError, TargetWarning, load_target
     from statepipe_api.convert import SpecError, spec_to_proto
 
     try:
-        spec, name = load_target(target)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TargetWarning)
+            spec, name = load_target(target)
+        for warning in caught:
+            if issubclass(warning.category, TargetWarning):
+                click.echo(f"warning: {warning.message}", err=True)
+            else:  # the target's own warnings, as Python would show them
+                warnings.showwarning(warning.message, warning.category, warning.filename,
+                                     warning.lineno)  # fmt: skip
         if spec is not None:
             spec_to_proto(spec)
     except TargetError as err:
@@ -815,7 +858,8 @@ def run(
 
     \b
     TARGET is one of:
-      path/flow.py[:var]       a Python file defining a statepipe Workflow
+      path/flow.py[:NAME]      a Python file defining a statepipe Workflow (NAME:
+                               its variable, or the workflow's name as `ls` shows it)
       spec.yaml|.yml|.json     a workflow spec file
       NAME                     a workflow registered on the server
 
@@ -1000,7 +1044,11 @@ def _run_one(
     run_id = _start(client, ref, value, labels)
     conn.track([run_id])
     if not as_json:
-        _out(run_id)
+        try:
+            _out(run_id)
+        except BrokenPipeError:  # no one reads: do not leave the run running unfollowed
+            _interrupt(client, [run_id], console)
+            raise
     _tell_detached_parent(run_id)
     if detach:  # with --server: the server runs it
         if as_json:
@@ -1038,12 +1086,16 @@ def _follow(
             follower = Follower(conn.client, run, view, output, after_seq=after_seq)
             view.attach(follower)
             final = follower.follow()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError) as err:
+        # Ctrl-C, or the reader of --output went away (a pipe): the run stays resumable.
         _second_interrupt_exits()
         if follower is not None:
             follower.stop()
         if view is not None:
             view.close()
+        if isinstance(err, BrokenPipeError):
+            _interrupt(conn.client, [run_id], console)
+            raise
         console.print("")
         _interrupt(conn.client, [run_id], console)
         if output is not None:
@@ -1092,7 +1144,16 @@ def _run_batch(
             if as_json:
                 _write_json(run.to_dict())
 
+    stdout_closed = threading.Event()
+
     def worker() -> None:
+        try:
+            work()
+        except BrokenPipeError:  # stdout's (or --output's) reader went away
+            stdout_closed.set()
+            stop.set()
+
+    def work() -> None:
         while not stop.is_set():
             with lock:
                 if not pending:
@@ -1143,13 +1204,17 @@ def _run_batch(
             while any(t.is_alive() for t in threads):
                 for thread in threads:
                     thread.join(0.1)
-    except KeyboardInterrupt:
+                if stdout_closed.is_set():
+                    raise BrokenPipeError
+    except (KeyboardInterrupt, BrokenPipeError) as err:
+        # Ctrl-C, or no one reads the results any more: the runs in flight stay resumable.
         _second_interrupt_exits()
         stop.set()
         with lock:
             active = dict(followers)
         view.close()
-        console.print("")
+        if not isinstance(err, BrokenPipeError):
+            console.print("")
         _interrupt(client, list(active), console)
         for follower in active.values():
             follower.stop()
@@ -1158,6 +1223,8 @@ def _run_batch(
         left = len(pending)
         if left:
             console.print(f"{left} input{'s' * (left != 1)} of {batch} not started", markup=False)
+        if isinstance(err, BrokenPipeError):
+            raise
         return EXIT_INTERRUPTED
     finally:
         view.close()

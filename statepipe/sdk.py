@@ -44,6 +44,7 @@ import inspect
 import math
 import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 if TYPE_CHECKING:
     from statepipe_api.v1 import statepipe_pb2 as pb
 
-__all__ = ["HOOKS", "Retry", "TargetError", "Workflow", "load_target"]
+__all__ = ["HOOKS", "Retry", "TargetError", "TargetWarning", "Workflow", "load_target"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -687,13 +688,23 @@ class TargetError(Exception):
         super().__init__(re.sub(r"\s*\n\s*", " ", message).strip())
 
 
+class TargetWarning(UserWarning):
+    """A target that loaded, but maybe not as meant: ``flow.py:x`` where ``x`` is the
+    variable of one workflow and the name of another (the variable wins)."""
+
+
 def load_target(target: str) -> tuple[dict[str, Any] | None, str]:
     """Resolves a workflow target as typed on the command line.
 
-    * ``path/flow.py`` or ``path/flow.py:var``: imports the file as the module
+    * ``path/flow.py`` or ``path/flow.py:NAME``: imports the file as the module
       ``flow`` (its directory first on ``sys.path``, so a server in the same
       process can import ``flow:function``) and compiles the :class:`Workflow`
-      in ``var``, or the only one in the module.
+      that ``NAME`` names, or the only one in the module. ``NAME`` is the
+      variable holding the workflow (``chain``, or a dotted path) or the
+      workflow's own name (``h-chain`` for ``chain = Workflow("h-chain")``,
+      what ``statepipe ls`` shows). When it is the variable of one workflow
+      and the name of another, the variable wins and a :class:`TargetWarning`
+      says so.
     * ``path/flow.yaml``, ``.yml``, ``.json``: reads the spec file (its
       directory goes first on ``sys.path`` too, for its ``callable`` modules).
     * anything else: the name of a registered workflow.
@@ -709,7 +720,8 @@ def load_target(target: str) -> tuple[dict[str, Any] | None, str]:
         TargetError: No such file, a module that fails to import (with the
             error's summary), a file name that is not a module name or is taken
             by another module, no or several workflows in the module, or a
-            ``:var`` that is missing or not a Workflow.
+            ``:NAME`` that names no Workflow (the message lists the module's
+            variables and workflow names, with a "did you mean").
         SpecError: The spec file or the compiled workflow is not a valid spec.
     """
     if not isinstance(target, str) or not target.strip():
@@ -719,7 +731,10 @@ def load_target(target: str) -> tuple[dict[str, Any] | None, str]:
     if sep and Path(head).suffix.lower() == ".py":
         file_text, var = head, tail
         if not var:
-            raise TargetError(f"{target}: name the workflow variable after ':' (or leave ':' out)")
+            raise TargetError(
+                f"{target}: name the workflow (its variable or its name) after ':' "
+                "(or leave ':' out)"
+            )
     elif sep and Path(head).suffix.lower() in _SPEC_SUFFIXES:
         raise TargetError(f"{target}: ':{tail}' only applies to Python files")
     suffix = Path(file_text).suffix.lower()
@@ -734,18 +749,10 @@ def _load_python(file: Path, var: str | None) -> tuple[dict[str, Any], str]:
     if not file.is_file():
         raise TargetError(f"no such file: {file}")
     module = _import_file(file)
-    if var is not None:
-        obj: Any = module
-        for part in var.split("."):
-            if not hasattr(obj, part):
-                found = _workflows(module)
-                hint = f"; it defines {', '.join(found)}" if found else ""
-                raise TargetError(f"{file} has no attribute {var!r}{hint}")
-            obj = getattr(obj, part)
-        if not isinstance(obj, Workflow):
-            raise TargetError(f"{file}:{var} is a {type(obj).__name__}, not a statepipe Workflow")
-        return obj.to_spec(), obj.name
     found = _workflows(module)
+    if var is not None:
+        workflow = _pick_workflow(file, module, var, found)
+        return workflow.to_spec(), workflow.name
     if not found:
         raise TargetError(f"{file} defines no statepipe Workflow")
     if len(found) > 1:
@@ -755,6 +762,57 @@ def _load_python(file: Path, var: str | None) -> tuple[dict[str, Any], str]:
         )
     workflow = next(iter(found.values()))
     return workflow.to_spec(), workflow.name
+
+
+_MISSING = object()
+
+
+def _pick_workflow(
+    file: Path, module: ModuleType, wanted: str, found: dict[str, Workflow]
+) -> Workflow:
+    """The workflow ``file:wanted`` names: by variable (a dotted path too), else by
+    its name; a variable that is a Workflow wins over another workflow's name."""
+    obj: Any = module
+    for part in wanted.split("."):
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            break
+    named = {key: w for key, w in found.items() if w.name == wanted}
+    if isinstance(obj, Workflow):
+        others = [key for key, w in named.items() if w is not obj]
+        if others:
+            warnings.warn(
+                f"{file}:{wanted} is the variable {wanted} (workflow {obj.name!r}), not "
+                f"the workflow named {wanted!r} (variable {others[0]}); the variable wins",
+                TargetWarning,
+                stacklevel=4,  # load_target's caller
+            )
+        return obj
+    if len(named) == 1:
+        return next(iter(named.values()))
+    if named:
+        keys = list(named)
+        raise TargetError(
+            f"{file} defines several workflows named {wanted!r} ({', '.join(keys)}); "
+            f"pick one by its variable: {file}:{keys[0]}"
+        )
+    if obj is not _MISSING:
+        what = type(obj).__name__
+        raise TargetError(f"{file}:{wanted} is a {what}, not a statepipe Workflow{_defines(found)}")
+    candidates = [*found, *(w.name for w in found.values())]
+    close = difflib.get_close_matches(wanted, candidates, n=1, cutoff=0.6)
+    guess = f"; did you mean {file}:{close[0]}?" if close else ""
+    raise TargetError(
+        f"{file} has no workflow {wanted!r} (by variable or by name){_defines(found)}{guess}"
+    )
+
+
+def _defines(found: dict[str, Workflow]) -> str:
+    """``; it defines chain = Workflow('h-chain'), ...``: the variables and the names."""
+    if not found:
+        return "; it defines no statepipe Workflow"
+    listed = ", ".join(f"{key} = Workflow({w.name!r})" for key, w in found.items())
+    return f"; it defines {listed}"
 
 
 def _workflows(module: ModuleType) -> dict[str, Workflow]:

@@ -13,6 +13,7 @@ import math
 import sys
 import textwrap
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sp_testing import wait_for
 
 import statepipe
 from statepipe import Client, Retry, SpecError, TargetError, Workflow, load_target
+from statepipe.sdk import TargetWarning
 from statepipe_api.v1 import statepipe_pb2 as pb
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -444,10 +446,123 @@ def test_load_target_with_several_workflows(tmp_path: Path) -> None:
     )
     assert load_target(f"{file}:second")[1] == "second"
     assert load_target(f"{file}:alias")[1] == "first"
-    with pytest.raises(TargetError, match=r"has no attribute 'third'; it defines first, second"):
+    with pytest.raises(TargetError) as err:
         load_target(f"{file}:third")
+    assert str(err.value) == (
+        f"{file} has no workflow 'third' (by variable or by name); "
+        "it defines first = Workflow('first'), second = Workflow('second')"
+    )
     with pytest.raises(TargetError, match=r":not_a_workflow is a int, not a statepipe Workflow"):
         load_target(f"{file}:not_a_workflow")
+
+
+NAMED_FLOWS = """
+from statepipe import Workflow
+
+chain = Workflow("h-chain")
+fan = Workflow("fan-out")
+team = Workflow("team.etl")
+# A variable named like another workflow: `:fan-out` is fan's name, `:swap` and
+# `:other` are each other's names.
+swap = Workflow("other")
+other = Workflow("swap")
+
+
+@chain.node
+def a(ctx):
+    return "chain"
+
+
+@fan.node
+def b(ctx):
+    return "fan"
+
+
+@team.node
+def c(ctx):
+    return "team"
+
+
+@swap.node
+def d(ctx):
+    return "swap"
+
+
+@other.node
+def e(ctx):
+    return "other"
+"""
+
+
+def test_load_target_names_a_workflow_by_its_variable_or_its_name(tmp_path: Path) -> None:
+    file = write_module(tmp_path, NAMED_FLOWS)
+    by_variable = load_target(f"{file}:chain")
+    assert by_variable[1] == "h-chain"
+    assert load_target(f"{file}:h-chain") == by_variable  # what `statepipe ls` shows
+    assert load_target(f"{file}:fan-out")[1] == "fan-out"
+    assert load_target(f"{file}:team.etl")[1] == "team.etl"  # a name with a dot
+
+    # Both match, different workflows: the variable wins, and a warning says so.
+    with pytest.warns(TargetWarning) as caught:
+        spec, name = load_target(f"{file}:swap")
+    assert name == "other" and spec["nodes"][0]["id"] == "d"
+    assert [str(w.message) for w in caught] == [
+        f"{file}:swap is the variable swap (workflow 'other'), not the workflow named "
+        "'swap' (variable other); the variable wins"
+    ]
+    assert caught[0].filename == __file__  # points at the caller of load_target
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a name nobody else has: no warning
+        assert load_target(f"{file}:h-chain")[1] == "h-chain"
+
+
+def test_an_unknown_workflow_lists_variables_and_names_with_a_guess(tmp_path: Path) -> None:
+    file = write_module(tmp_path, NAMED_FLOWS)
+    defines = (
+        "it defines chain = Workflow('h-chain'), fan = Workflow('fan-out'), "
+        "team = Workflow('team.etl'), swap = Workflow('other'), other = Workflow('swap')"
+    )
+    with pytest.raises(TargetError) as err:
+        load_target(f"{file}:h-chian")
+    assert str(err.value) == (
+        f"{file} has no workflow 'h-chian' (by variable or by name); {defines}; "
+        f"did you mean {file}:h-chain?"
+    )
+    with pytest.raises(TargetError) as err:
+        load_target(f"{file}:chian")
+    assert f"did you mean {file}:chain?" in str(err.value)
+    with pytest.raises(TargetError) as err:
+        load_target(f"{file}:zzz")
+    assert "did you mean" not in str(err.value) and defines in str(err.value)
+
+
+def test_two_workflows_of_one_name_are_picked_by_variable(tmp_path: Path) -> None:
+    file = write_module(
+        tmp_path,
+        """
+        from statepipe import Workflow
+
+        v1 = Workflow("flow", version="1")
+        v2 = Workflow("flow", version="2")
+
+
+        @v1.node
+        def a(ctx):
+            return 1
+
+
+        @v2.node
+        def b(ctx):
+            return 2
+        """,
+    )
+    with pytest.raises(TargetError) as err:
+        load_target(f"{file}:flow")
+    assert str(err.value) == (
+        f"{file} defines several workflows named 'flow' (v1, v2); "
+        f"pick one by its variable: {file}:v1"
+    )
 
 
 def test_load_target_errors_are_one_line(tmp_path: Path) -> None:
@@ -487,7 +602,7 @@ def test_load_target_errors_are_one_line(tmp_path: Path) -> None:
     spec_file = tmp_path / "flow.yaml"
     spec_file.write_text("name: w\nnodes: []\n")
     assert message(f"{spec_file}:wf") == f"{spec_file}:wf: ':wf' only applies to Python files"
-    no_var = f"{empty}:: name the workflow variable after ':' (or leave ':' out)"
+    no_var = f"{empty}:: name the workflow (its variable or its name) after ':' (or leave ':' out)"
     assert message(f"{empty}:") == no_var
     assert message("  ").startswith("no workflow given")
 
