@@ -33,6 +33,7 @@ from control_plane.retries import RetryMixin
 from control_plane.store import NodeRow, RunRow, now
 from executors.base import NodeContext
 from statepipe_api.lifecycle import (
+    FINAL_RUN,
     check_node_transition,
     check_run_transition,
     run_needs_actor,
@@ -138,7 +139,8 @@ class RunActor(DispatchMixin, ExecutionMixin, RetryMixin, ControlsMixin):
                 await self.wake.wait()
         except Exception:
             log.exception("run %s: scheduler error", self.run_id)
-            if not self.lost:
+            # A run that already ended keeps its outcome; any other fails.
+            if not self.lost and self.run.status not in FINAL_RUN:
                 self.run.error = "internal scheduler error:\n" + traceback.format_exc(limit=5)
                 self.run.finished_at = now()
                 self.set_run_status("FAILED")
