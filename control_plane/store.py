@@ -738,7 +738,9 @@ class Store:
         exclude: Sequence[str] = (),
     ) -> list[str]:
         """Takes over active runs whose lease expired, that nobody holds, or whose
-        owner is known dead; never another live owner's, never those in `exclude`."""
+        owner is known dead; never another live owner's, never those in `exclude`,
+        never the owner's own (a run its actor just finished still reads RUNNING
+        until that commit lands: claiming it back would run its nodes again)."""
         async with self.pool.connection() as conn:
             # Locked in run id order like commits lock them (no deadlock); a run
             # its owner is committing right now is left for the next round.
@@ -747,7 +749,7 @@ class Store:
                 " lease_expires_at = now() + make_interval(secs => %s)"
                 " WHERE run_id IN (SELECT run_id FROM runs"
                 f"  WHERE status IN {_ACTIVE_SQL} AND NOT (run_id = ANY(%s))"
-                "  AND (lease_owner IS NULL OR lease_owner = %s"
+                "  AND lease_owner IS DISTINCT FROM %s AND (lease_owner IS NULL"
                 "   OR lease_expires_at < now() OR lease_owner = ANY(%s))"
                 "  ORDER BY run_id FOR NO KEY UPDATE SKIP LOCKED)"
                 " RETURNING run_id",

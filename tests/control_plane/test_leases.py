@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -198,3 +199,51 @@ def test_a_control_on_a_run_another_live_owner_holds_is_refused(
             assert "on another control plane" in str(err.value)
         assert run_id not in other.plane.scheduler.actors
         client.cancel(run_id)
+
+
+def test_after_a_takeover_every_node_succeeds_exactly_once(
+    make_server: Any, database_url: str, tmp_path: Any
+) -> None:
+    """Many runs change hands at once and the new owner finishes them: no run
+    is claimed back while its last commit is still on the way (which ran its
+    last node again after the run had SUCCEEDED)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    slow = make_server(lease_ms=60_000)
+    fast = make_server(lease_ms=150)  # a lease round every 50 ms
+    with Client(slow.address) as a_client, Client(fast.address) as b_client:
+        run_ids = []
+        for i in range(40):
+            nodes = [py("n0", "record", args={"marker_dir": str(marks / str(i)), "seconds": 0.4})]
+            nodes += [
+                py(f"n{j}", "record", after=[f"n{j - 1}"],
+                   args={"marker_dir": str(marks / str(i)), "seconds": 0.05})
+                for j in range(1, 6)
+            ]  # fmt: skip
+            (marks / str(i)).mkdir()
+            run_ids.append(a_client.start_run({"name": f"chain{i}", "nodes": nodes}))
+        time.sleep(0.2)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE runs SET lease_expires_at = now() - interval '1 second'"
+                " WHERE status = 'RUNNING'"
+            )
+        last_seqs = {}
+        for run_id in run_ids:
+            final = b_client.wait(run_id, timeout=60)
+            assert final.status == "SUCCEEDED", final.error
+            events = _events(b_client, run_id)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            succeeded = collections.Counter(
+                e.node_id for e in events if e.kind == "node_status" and e.status == "SUCCEEDED"
+            )
+            assert succeeded == {f"n{j}": 1 for j in range(6)}, (run_id, succeeded)
+            ends = [e.status for e in events if e.kind == "run_status" and e.status != "RUNNING"]
+            assert ends == ["SUCCEEDED"], (run_id, ends)
+            last_seqs[run_id] = events[-1].seq
+        # Nothing happens after the fact: give a late claim a few lease rounds.
+        time.sleep(1.0)
+        for run_id in run_ids:
+            assert b_client.get_run(run_id).last_seq == last_seqs[run_id]
+            assert run_id not in fast.plane.scheduler.actors
+            assert _row(database_url, run_id)["lease_owner"] is None
