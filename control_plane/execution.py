@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from control_plane.store import NodeRow, now, storable
 from executors.base import EventSink, NodeContext, NodeTask, describe_error, error_traceback
+from statepipe_api.convert import MAX_JSON_DEPTH, json_depth_exceeds
 
 if TYPE_CHECKING:
     from control_plane.run_actor import RunActor
@@ -43,13 +44,21 @@ def json_safe(value: Any, what: str) -> Any:
     """The value as plain, storable JSON, or a NodeFailure saying why not.
 
     NaN and infinities are refused (JSON has no such numbers and PostgreSQL's
-    jsonb rejects them); NUL characters and lone surrogates, which PostgreSQL
-    text cannot hold, become U+FFFD (control_plane.store.storable).
+    jsonb rejects them), and so is nesting deeper than MAX_JSON_DEPTH (the API's
+    decoders could not read the run back); NUL characters and lone surrogates,
+    which PostgreSQL text cannot hold, become U+FFFD (control_plane.store.storable).
     """
     try:
-        return storable(json.loads(json.dumps(value, allow_nan=False)))
-    except (TypeError, ValueError) as err:
+        plain = storable(json.loads(json.dumps(value, allow_nan=False)))
+    except (TypeError, ValueError, RecursionError) as err:
         raise NodeFailure(f"{what} is not JSON-serializable: {err}", retry=False) from None
+    if json_depth_exceeds(plain):
+        raise NodeFailure(
+            f"{what} nests objects and arrays more than {MAX_JSON_DEPTH} levels deep,"
+            " more than the API can carry",
+            retry=False,
+        )
+    return plain
 
 
 class ExecutionMixin:

@@ -44,7 +44,8 @@ from google.protobuf import struct_pb2
 import core_rs
 from control_plane.convert import run_to_proto
 from control_plane.errors import Unavailable
-from control_plane.store import Batch, EventRow, NodeRow, RunRow, Store, now, storable
+from control_plane.store import Batch, EventRow, NodeRow, RunRow, Store, mend, now, storable
+from statepipe_api.convert import json_depth_exceeds
 from statepipe_api.v1 import statepipe_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,9 @@ def _struct_bytes(data: dict[str, Any]) -> bytes:
     valid protobuf doubles, and event bodies are bytes in Postgres, not jsonb.
     """
     struct = struct_pb2.Struct()
+    if any(isinstance(v, dict | list | tuple) for v in data.values()) and json_depth_exceeds(data):
+        # Deeper than the API's decoders read: cut it where it gets too deep.
+        data = mend(data)
     try:
         struct.update(data)
     except (ValueError, TypeError):  # text that is not UTF-8 (a lone surrogate), ...

@@ -24,6 +24,7 @@ from control_plane.expressions import (
     template_references,
 )
 from executors.runners import RunnerRegistry
+from statepipe_api.convert import MAX_JSON_DEPTH, json_depth_exceeds
 from statepipe_api.v1 import statepipe_pb2 as pb
 
 MAX_NODES = 100_000
@@ -175,6 +176,11 @@ def compile_spec(spec: pb.WorkflowSpec, runners: RunnerRegistry) -> Plan:
                 f"{where}: unknown kind {node.kind!r}; known kinds: {', '.join(runners.kinds())}"
             )
         params = _struct(node.params)
+        if json_depth_exceeds(params):
+            # A node's resolved params come back as its input in GetRun.
+            raise InvalidArgument(
+                f"{where}: params nest objects and arrays more than {MAX_JSON_DEPTH} levels deep"
+            )
         try:
             runner.validate(params)
         except ValueError as err:

@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from control_plane.controls import check_control
-from control_plane.errors import FailedPrecondition, NotFound
+from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
 from control_plane.hooks import Hooks
 from control_plane.leases import LeaseKeeper, dead_owners, owner_id
 from control_plane.limits import Limits
@@ -28,6 +28,7 @@ from control_plane.run_actor import RunActor
 from control_plane.store import NodeRow, RunRow, Store, now, storable
 from executors.base import Executor
 from executors.runners import RunnerRegistry
+from statepipe_api.convert import MAX_JSON_DEPTH, json_depth_exceeds
 from statepipe_api.v1 import statepipe_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,11 @@ class Scheduler:
         run_input = storable(run_input)
         labels = storable(labels) if labels else labels
         idempotency_key = storable(idempotency_key)
+        if json_depth_exceeds(run_input):
+            raise InvalidArgument(
+                f"input nests objects and arrays more than {MAX_JSON_DEPTH} levels deep,"
+                " more than the API can carry back"
+            )
         plan.validate_input(run_input)
         await self.pipeline.room()  # backpressure while Postgres falls behind
         if idempotency_key:

@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from statepipe_api.convert import MAX_JSON_DEPTH
 from statepipe_api.lifecycle import ACTIVE_RUN
 
 # The active statuses as an SQL list, literal so that the planner matches the
@@ -87,7 +88,8 @@ def _storable_text(text: str) -> str:
     return text
 
 
-MEND_MAX_DEPTH = 200
+# Deeper values could be stored but not read back through the API.
+MEND_MAX_DEPTH = MAX_JSON_DEPTH
 MEND_MAX_INT_DIGITS = 4000
 
 
@@ -388,6 +390,25 @@ def _run_filter_sql(flt: RunFilter) -> tuple[list[str], list[Any]]:
     return where, args
 
 
+#: Seconds the first connection may take (psycopg's connect_timeout) before
+#: Store.open gives up on the database.
+CONNECT_TIMEOUT_S = 5
+#: Seconds the pool may take to open once that first connection worked.
+POOL_OPEN_TIMEOUT_S = 30
+
+
+class DatabaseUnreachable(Exception):
+    """Store.open could not connect to the database (the message says why)."""
+
+
+def _connect_reason(err: BaseException) -> str:
+    """psycopg's reason a connection failed, as one line, e.g. ``connection to
+    server at "127.0.0.1", port 1 failed: Connection refused``."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = (lines[0] if lines else type(err).__name__).removeprefix("connection failed: ")
+    return f"cannot connect to the database: {reason}"
+
+
 class Store:
     """Async access to statepipe's tables."""
 
@@ -396,7 +417,20 @@ class Store:
 
     @classmethod
     async def open(cls, database_url: str, *, max_size: int = 8) -> Store:
-        """Connects, applies pending migrations, returns the store."""
+        """Connects, applies pending migrations, returns the store.
+
+        Raises:
+            DatabaseUnreachable: One plain connection (before the pool, which
+                would retry for `POOL_OPEN_TIMEOUT_S` and log each attempt)
+                failed; its message is psycopg's reason, on one line.
+        """
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                database_url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True
+            )
+        except psycopg.Error as err:
+            raise DatabaseUnreachable(_connect_reason(err)) from None
+        await probe.close()
         pool = AsyncConnectionPool(
             database_url,
             min_size=1,
@@ -404,7 +438,7 @@ class Store:
             open=False,
             kwargs={"autocommit": True, "prepare_threshold": 2},
         )
-        await pool.open(wait=True, timeout=30)
+        await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
         store = cls(pool)
         await store.migrate()
         return store

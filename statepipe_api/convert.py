@@ -36,9 +36,11 @@ from statepipe_api.v1 import statepipe_pb2 as pb
 
 __all__ = [
     "FINAL_RUN_STATUSES",
+    "MAX_JSON_DEPTH",
     "SpecError",
     "event_to_dict",
     "format_timestamp",
+    "json_depth_exceeds",
     "json_to_value",
     "load_spec_file",
     "node_to_dict",
@@ -56,6 +58,33 @@ __all__ = [
 
 #: Run statuses after which nothing more happens on its own (statepipe_api.lifecycle).
 FINAL_RUN_STATUSES: frozenset[str] = FINAL_RUN
+
+
+#: The deepest nesting of objects and arrays a JSON value (a run's input, a
+#: node's output, an event's data) may have. Protobuf's decoders give up at
+#: 100 levels of messages, an object level costs three (Value, Struct and the
+#: map entry) and the messages around a value (Run, NodeState, ...) take some
+#: too: a node output 32 objects deep already makes its run unreadable.
+MAX_JSON_DEPTH = 24
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `value` nests objects and arrays more than `limit` deep."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend(
+            (child, depth + 1) for child in children if isinstance(child, dict | list | tuple)
+        )
+    return False
 
 
 # -------------------------------------------------------------------- errors

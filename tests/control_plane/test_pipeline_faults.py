@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import secrets
 import threading
@@ -503,3 +504,60 @@ async def test_a_run_claimed_back_while_a_fenced_batch_commits_keeps_going(
     assert a.is_open("r")
     assert [e.message for e in await stored_events(store, "r")] == ["fresh"]
     assert [e.message for e in await stored_events(store, "other")] == ["held up by the lock"]
+
+
+# ---------------------------------------------------------------- nesting
+
+
+def test_values_too_deep_for_the_api_never_make_a_run_unreadable(server: Any) -> None:
+    """Protobuf's decoders stop at 100 message levels (about 33 JSON objects):
+    a value that deep is refused or cut where it enters, never stored."""
+    from statepipe_api.convert import MAX_JSON_DEPTH
+
+    with Client(server.address) as client:
+        run_id = client.start_run(
+            {
+                "name": "deep",
+                "nodes": [
+                    py("lists", "deep", args={"depth": 200}, retry={"max_attempts": 3}),
+                    py("objects", "deep", args={"depth": 40, "kind": "dict"}),
+                    py("fits", "deep", args={"depth": MAX_JSON_DEPTH, "kind": "dict"}),
+                    py("logs", "deep_log", args={"depth": 100}),
+                ],
+            }
+        )
+        run = client.wait(run_id, timeout=30)  # readable: wait decodes it
+        assert run.status == "FAILED"
+        for node_id in ("lists", "objects"):
+            node = run.node(node_id)
+            assert node.status == "FAILED" and node.attempt == 1  # not retried
+            assert f"more than {MAX_JSON_DEPTH} levels deep" in node.error
+        assert run.node("fits").status == "SUCCEEDED"
+        assert run.node("logs").status == "SUCCEEDED"
+        events = list(client.list_events(run_id, limit=None))
+        logged = next(e for e in events if e.kind == "log" and e.message == "deep data")
+        text = json.dumps(logged.data)
+        assert f"<nested deeper than {MAX_JSON_DEPTH} levels>" in text
+        assert len(list(client.watch(run_id))) == len(events)
+        # A run input that deep is refused before anything is stored.
+        with pytest.raises(StatepipeError) as refused:
+            client.start_run({"name": "deep-in", "nodes": [py("a")]}, _nested_input(30))
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"input nests objects and arrays more than {MAX_JSON_DEPTH}" in str(refused.value)
+        # So are params that deep (they come back as the node's input).
+        with pytest.raises(StatepipeError) as refused:
+            client.start_run(
+                {"name": "deep-params", "nodes": [py("a", "echo", args={"x": _nested_input(30)})]}
+            )
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "params nest objects and arrays" in str(refused.value)
+        # And the server goes on.
+        ok = client.start_run({"name": "after", "nodes": [py("a")]})
+        assert client.wait(ok, timeout=10).status == "SUCCEEDED"
+
+
+def _nested_input(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"k": value}
+    return value

@@ -234,3 +234,21 @@ def first_attempt_kills_its_actor(ctx: Any, marker_dir: str) -> dict[str, Any]:
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
         ctx.wait_cancelled(30)
     return {"attempt": ctx.attempt, **where(ctx)}
+
+
+def _nested(depth: int, kind: str) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"k": value} if kind == "dict" else [value]
+    return value
+
+
+def deep(ctx: Any, depth: int, kind: str = "list") -> Any:
+    """Returns `depth` levels of nested lists or objects."""
+    return _nested(depth, kind)
+
+
+def deep_log(ctx: Any, depth: int) -> str:
+    """Logs a message whose data nests `depth` objects deep."""
+    ctx.log("deep data", payload=_nested(depth, "dict"))
+    return "logged"
