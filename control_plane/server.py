@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -103,6 +105,37 @@ def make_executor(config: ServerConfig, runners: RunnerRegistry) -> Executor:
     return LocalExecutor(runners)
 
 
+def _check_free(listen: str) -> None:
+    """Raises OSError when `listen` (HOST:PORT) is taken by another socket.
+
+    Checked before gRPC binds: its own failure is a C-core log line on stderr
+    (not governed by our logging) plus a message about GRPC_VERBOSITY. A race
+    with another process still ends in gRPC's error; any other problem (an
+    unknown host, ...) is left for gRPC to report.
+    """
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]") or None
+    try:
+        port = int(port_text)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (ValueError, OSError):
+        return
+    if port == 0:
+        return
+    for family, kind, proto, _name, address in infos:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise OSError(f"cannot listen on {listen}: address already in use") from None
+
+
 class ControlPlane:
     """Everything the control plane runs, started and stopped in order."""
 
@@ -114,6 +147,9 @@ class ControlPlane:
         self.scheduler: Scheduler | None = None
         self.pipeline: EventPipeline | None = None
         self._health: health.HealthServicer | None = None
+        self._executor: Executor | None = None
+        self._scheduler_started = False
+        self._server_started = False
         self._stopped = asyncio.Event()
 
     @property
@@ -128,9 +164,32 @@ class ControlPlane:
         sys.path.extend(p for p in cfg.paths if p not in sys.path)
         url = cfg.database_url or await asyncio.to_thread(database_url)
         self.store = await Store.open(url)
+        try:
+            health_servicer = await self._start_parts(cfg)
+        except BaseException:
+            # Stop what did start, as a normal stop (the event writer too: not
+            # a cancelled task at loop teardown, which would log a failure);
+            # only the error that stopped the start is reported.
+            await self._abort_start()
+            raise
+        self._health = health_servicer
+        assert self.pipeline is not None
+        if self.pipeline.failure is None:
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        else:  # the writer died while the rest started
+            self._writer_failed(self.pipeline.failure)
+        if cfg.tune_gc:
+            tune_gc()
+        log.info("statepipe control plane listening on %s", self.address)
+        return self.port
+
+    async def _start_parts(self, cfg: ServerConfig) -> health.HealthServicer:
+        """What start() starts once the store is open; returns the health servicer."""
+        store = self.store
+        assert store is not None
         bus = core_rs.EventBus(cfg.bus_capacity)
         self.pipeline = EventPipeline(
-            self.store,
+            store,
             bus,
             flush_interval_ms=cfg.flush_interval_ms,
             on_failure=self._writer_failed,
@@ -138,15 +197,10 @@ class ControlPlane:
         self.pipeline.start()
         runners = RunnerRegistry()
         executor = make_executor(cfg, runners)
-        try:
-            await executor.start()
-        except BaseException:
-            await executor.close()
-            await self.pipeline.stop()
-            await self.store.close()
-            raise
+        self._executor = executor
+        await executor.start()
         self.scheduler = Scheduler(
-            self.store,
+            store,
             self.pipeline,
             executor,
             runners,
@@ -159,26 +213,42 @@ class ControlPlane:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        add_to_server(Servicer(self.store, self.scheduler, self.pipeline, bus), self.server)
+        add_to_server(Servicer(store, self.scheduler, self.pipeline, bus), self.server)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
+        _check_free(cfg.listen)
         self.port = self.server.add_insecure_port(cfg.listen)
         if not self.port:
             raise OSError(f"cannot listen on {cfg.listen}")
+        self._scheduler_started = True
         await self.scheduler.start(take_over=cfg.take_over)
+        self._server_started = True
         await self.server.start()
-        self._health = health_servicer
-        if self.pipeline.failure is None:
-            self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        else:  # the writer died while the rest started
-            self._writer_failed(self.pipeline.failure)
-        if cfg.tune_gc:
-            tune_gc()
-        log.info("statepipe control plane listening on %s", self.address)
-        return self.port
+        return health_servicer
+
+    async def _abort_start(self) -> None:
+        """After a failed start: stops, in reverse order, the parts that started."""
+        if self.server is not None and self._server_started:
+            with contextlib.suppress(Exception):
+                await self.server.stop(0)
+        if self.scheduler is not None and self._scheduler_started:
+            with contextlib.suppress(Exception):
+                await self.scheduler.stop()
+        if self._executor is not None:
+            with contextlib.suppress(Exception):
+                await self._executor.close()
+        if self.pipeline is not None:
+            with contextlib.suppress(Exception):
+                await self.pipeline.stop()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()
+        # A later stop() (EmbeddedPlane stops after a failed start) has nothing left to do.
+        self.server = self.scheduler = self.pipeline = self.store = None
+        self._executor = None
 
     def _set_health(self, status: Any) -> None:
         if self._health is not None:

@@ -52,9 +52,10 @@ def import_callable(path: str) -> Callable[..., Any]:
 
 def _import_hint(err: Exception) -> str:
     if isinstance(err, ModuleNotFoundError):
+        # Right in-process (no server) and behind a server alike.
         return (
-            f" (where this node runs, {err.name!r} is not importable: start the server"
-            " with --path DIR for the folder that holds it, set PYTHONPATH, or install it)"
+            f" (check the name; where this node runs, {err.name!r} is not importable:"
+            " add its folder with statepipe server --path DIR, set PYTHONPATH, or install it)"
         )
     return ""
 

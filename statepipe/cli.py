@@ -215,13 +215,18 @@ def _unreachable(address: str, message: str) -> CliError:
 
 
 def _translate(err: BaseException, address: str = "") -> CliError | None:
-    """The one-line CLI error for an exception from the client, SDK or spec code."""
-    from control_plane.embed import PlanError, PlaneStartError
-    from statepipe.client import StatepipeError
-    from statepipe_api.convert import SpecError
+    """The one-line CLI error for an exception from the client, SDK or spec code.
 
+    Nothing here may fail in turn: the error classes are only looked up in the
+    modules that raised them (already imported), never imported here, so an
+    error while importing statepipe's own packages is reported as it is.
+    """
     if isinstance(err, CliError):
         return err
+    StatepipeError = _loaded_class("statepipe.client", "StatepipeError")
+    SpecError = _loaded_class("statepipe_api.convert", "SpecError")
+    PlanError = _loaded_class("control_plane.embed", "PlanError")
+    PlaneStartError = _loaded_class("control_plane.embed", "PlaneStartError")
     if isinstance(err, StatepipeError):
         name = err.code.name
         if name == "UNAVAILABLE":
@@ -238,6 +243,19 @@ def _translate(err: BaseException, address: str = "") -> CliError | None:
     if isinstance(err, PlaneStartError):
         return CliError(f"cannot start the local control plane: {err}", EXIT_UNREACHABLE)
     return None
+
+
+class _NoSuchError(Exception):
+    """Stands for an error class whose module is not loaded: nothing is an instance."""
+
+
+def _loaded_class(module: str, name: str) -> type[BaseException]:
+    """`module.name` if that module is already imported, else a class nothing is an
+    instance of (an error can only come from a module that was imported)."""
+    found = getattr(sys.modules.get(module), name, None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return found
+    return _NoSuchError
 
 
 def _handle_errors(f: F) -> F:
@@ -321,6 +339,10 @@ class _Group(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:
+            # Bare `statepipe`: the help as `--help` formats it (on stderr, status 2, as click).
+            click.echo(err.ctx.get_help(), err=True, color=err.ctx.color)
+            sys.exit(EXIT_USAGE)
         except click.UsageError as err:
             click.echo(f"error: {_one_line_message(err.format_message())}", err=True)
             if err.ctx is not None:

@@ -697,7 +697,7 @@ def load_target(target: str) -> tuple[dict[str, Any] | None, str]:
     """Resolves a workflow target as typed on the command line.
 
     * ``path/flow.py`` or ``path/flow.py:NAME``: imports the file as the module
-      ``flow`` (its directory first on ``sys.path``, so a server in the same
+      ``flow`` (its directory last on ``sys.path``, so a server in the same
       process can import ``flow:function``) and compiles the :class:`Workflow`
       that ``NAME`` names, or the only one in the module. ``NAME`` is the
       variable holding the workflow (``chain``, or a dotted path) or the
@@ -706,7 +706,7 @@ def load_target(target: str) -> tuple[dict[str, Any] | None, str]:
       and the name of another, the variable wins and a :class:`TargetWarning`
       says so.
     * ``path/flow.yaml``, ``.yml``, ``.json``: reads the spec file (its
-      directory goes first on ``sys.path`` too, for its ``callable`` modules).
+      directory goes last on ``sys.path`` too, for its ``callable`` modules).
     * anything else: the name of a registered workflow.
 
     Args:
@@ -841,7 +841,7 @@ def _import_file(file: Path) -> ModuleType:
             f"cannot import {file} as module {name!r}: that name is already taken by "
             f"{loaded or 'a built-in module'}; rename the file"
         )
-    _prepend_path(path.parent)
+    _append_path(path.parent)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise TargetError(f"cannot import {file}: not a Python module")
@@ -857,10 +857,13 @@ def _import_file(file: Path) -> ModuleType:
     return module
 
 
-def _prepend_path(directory: Path) -> None:
+def _append_path(directory: Path) -> None:
+    """Puts a target file's folder at the end of ``sys.path``: its own modules
+    become importable, but a folder of the same name as one of statepipe's
+    packages (``control_plane/`` next to the flow) does not shadow it."""
     entry = str(directory)
     if entry not in sys.path:
-        sys.path.insert(0, entry)
+        sys.path.append(entry)
         importlib.invalidate_caches()
 
 
@@ -877,5 +880,5 @@ def _load_spec(file: Path) -> tuple[dict[str, Any], str]:
     name = spec["name"]
     if not isinstance(name, str):  # spec_to_proto checked it; for the type checker
         raise SpecError("name", "expected a string")
-    _prepend_path(file.resolve().parent)
+    _append_path(file.resolve().parent)
     return spec, name
