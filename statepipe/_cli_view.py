@@ -729,6 +729,9 @@ def print_runs(console: Console, runs: Iterable[Run]) -> None:
     print_table(console, headers, rows)
 
 
+TABLE_ERROR_CHARS = 120  # of a node's error in inspect's table (in full below it)
+
+
 def print_run(
     console: Console,
     run: Run,
@@ -785,7 +788,10 @@ def print_run(
     for node in run.nodes:
         what: Cell = ""
         if node.error:
-            what = Text(short(node.error, 120), style="red" if node.status == "FAILED" else "")
+            what = Text(
+                short(node.error, TABLE_ERROR_CHARS),
+                style="red" if node.status == "FAILED" else "",
+            )
         elif node.output is not None:
             what = short(node.output, 120)
         rows.append(
@@ -806,6 +812,12 @@ def print_run(
             console.print(Text(f"traceback of {node.node_id} (attempt {node.attempt}):",
                                style="bold"))  # fmt: skip
             console.print(traceback_text(traceback, limit=traceback_lines))
+        elif node.status == "FAILED" and len(node.error) > TABLE_ERROR_CHARS:
+            # The table shows its start; an error without a traceback (an import
+            # error, say) is read in full here.
+            console.print("")
+            console.print(Text(f"error of {node.node_id} (attempt {node.attempt}):", style="bold"))
+            console.print(Text(f"    {node.error}", style="red"))
 
 
 __all__ = [

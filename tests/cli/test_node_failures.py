@@ -79,6 +79,10 @@ def test_errors_a_retry_cannot_mend_fail_at_once(env: dict[str, str], tmp_path: 
     assert errors["badargs"] == (
         "cannot call 'sp_nodes:add' with params.args (a, c): missing a required argument: 'b'"
     )
+    # inspect shows an error past its table column in full (it has no traceback).
+    human = cli(env, "inspect", run_id).stdout
+    assert "error of nomodule (attempt 1):" in human
+    assert " ".join(errors["nomodule"].split()) in " ".join(human.split())
     # One line a node in the run's output, not a retry storm.
     assert result.stdout.count("no_such_fn") + result.stderr.count("no_such_fn") <= 2
 
