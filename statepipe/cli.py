@@ -36,7 +36,7 @@ from statepipe_api.lifecycle import CONTROLS, RUN_STATUSES
 
 if TYPE_CHECKING:
     from control_plane.embed import PlanSummary
-    from statepipe._cli_view import OutputFile
+    from statepipe._cli_view import Follower, OutputFile, RunView
     from statepipe._local import LocalPlane, Registration
     from statepipe.client import Client, Run
 
@@ -1064,20 +1064,27 @@ def _run_one(
 ) -> int:
     client = conn.client
     run_id = _start(client, ref, value, labels)
-    conn.track([run_id])
-    if not as_json:
-        try:
-            _out(run_id)
-        except BrokenPipeError:  # no one reads: do not leave the run running unfollowed
-            _interrupt(client, [run_id], console)
-            raise
-    _tell_detached_parent(run_id)
-    if detach:  # with --server: the server runs it
-        if as_json:
-            _write_json(client.get_run(run_id).to_dict())
-        console.print(f"follow with: {_again('logs', run_id, '--follow')}", markup=False,
-                      style="dim")  # fmt: skip
-        return EXIT_OK
+    try:
+        conn.track([run_id])
+        if not as_json:
+            try:
+                _out(run_id)
+            except BrokenPipeError:  # no one reads: do not leave the run running unfollowed
+                _interrupt(client, [run_id], console)
+                raise
+        _tell_detached_parent(run_id)
+        if detach:  # with --server: the server runs it
+            if as_json:
+                _write_json(client.get_run(run_id).to_dict())
+            console.print(f"follow with: {_again('logs', run_id, '--follow')}", markup=False,
+                          style="dim")  # fmt: skip
+            return EXIT_OK
+    except KeyboardInterrupt:
+        # Ctrl-C before the run is followed: it is interrupted all the same.
+        _second_interrupt_exits()
+        console.print("")
+        _interrupt(client, [run_id], console)
+        return EXIT_INTERRUPTED
     return _follow(conn, run_id, output, verbose, live, as_json, console)
 
 
@@ -1095,11 +1102,12 @@ def _follow(
 ) -> int:
     """Follows a started run to its end; Ctrl-C (or SIGTERM) interrupts it, from the
     moment it started (`run`: as already fetched)."""
-    from statepipe._cli_view import Follower, RunView
-
     view: RunView | None = None
     follower: Follower | None = None
     try:
+        # Imported inside: a Ctrl-C during the first import interrupts the run too.
+        from statepipe._cli_view import Follower, RunView
+
         with _signals_interrupt():
             if run is None:
                 run = conn.client.get_run(run_id)
