@@ -99,8 +99,9 @@ class LeaseKeeper:
 
     async def tick(self) -> None:
         """One round: renew, report lost leases, claim orphans."""
-        renewed = set(await self.store.renew_leases(self.owner, self.lease_ms))
-        missing = [run_id for run_id in self._held() if run_id not in renewed]
+        held = list(self._held())
+        renewed = set(await self.store.renew_leases(self.owner, self.lease_ms, held))
+        missing = [run_id for run_id in held if run_id not in renewed]
         if missing:
             # A run this owner drives but did not renew: lost if its row names
             # another owner (or none); a row not committed yet is not lost.

@@ -772,9 +772,10 @@ class Store:
         exclude: Sequence[str] = (),
     ) -> list[str]:
         """Takes over active runs whose lease expired, that nobody holds, or whose
-        owner is known dead; never another live owner's, never those in `exclude`,
-        never the owner's own (a run its actor just finished still reads RUNNING
-        until that commit lands: claiming it back would run its nodes again)."""
+        owner is known dead; never another live owner's, never those in `exclude`.
+        The owner's own runs only once their lease expired: a run its actor just
+        finished still reads RUNNING until that commit lands, and claiming it back
+        then would run its nodes again."""
         async with self.pool.connection() as conn:
             # Locked in run id order like commits lock them (no deadlock); a run
             # its owner is committing right now is left for the next round.
@@ -783,11 +784,11 @@ class Store:
                 " lease_expires_at = now() + make_interval(secs => %s)"
                 " WHERE run_id IN (SELECT run_id FROM runs"
                 f"  WHERE status IN {_ACTIVE_SQL} AND NOT (run_id = ANY(%s))"
-                "  AND lease_owner IS DISTINCT FROM %s AND (lease_owner IS NULL"
-                "   OR lease_expires_at < now() OR lease_owner = ANY(%s))"
+                "  AND (lease_owner IS NULL OR lease_expires_at < now()"
+                "   OR (lease_owner = ANY(%s) AND lease_owner <> %s))"
                 "  ORDER BY run_id FOR NO KEY UPDATE SKIP LOCKED)"
                 " RETURNING run_id",
-                (owner, lease_ms / 1000, list(exclude), owner, list(dead_owners)),
+                (owner, lease_ms / 1000, list(exclude), list(dead_owners), owner),
             )
             return [r[0] for r in await cur.fetchall()]
 
@@ -805,17 +806,20 @@ class Store:
             )
             return cur.rowcount == 1
 
-    async def renew_leases(self, owner: str, lease_ms: int) -> list[str]:
-        """One statement for every run this owner holds (no per-run heartbeat
-        rows); returns the runs renewed."""
+    async def renew_leases(self, owner: str, lease_ms: int, run_ids: Sequence[str]) -> list[str]:
+        """One statement for the runs of `run_ids` (those the owner drives) that it
+        still holds (no per-run heartbeat rows); returns the runs renewed. A row
+        that names the owner but that it no longer drives is left to expire, so
+        that a lease round can claim it."""
         async with self.pool.connection() as conn:
             # Rows locked in run id order, as commits lock them: no deadlock.
             cur = await conn.execute(
                 "UPDATE runs SET lease_expires_at = now() + make_interval(secs => %s)"
                 " WHERE lease_owner = %s AND run_id IN (SELECT run_id FROM runs"
-                "  WHERE lease_owner = %s ORDER BY run_id FOR NO KEY UPDATE)"
+                "  WHERE lease_owner = %s AND run_id = ANY(%s)"
+                "  ORDER BY run_id FOR NO KEY UPDATE)"
                 " RETURNING run_id",
-                (lease_ms / 1000, owner, owner),
+                (lease_ms / 1000, owner, owner, list(run_ids)),
             )
             return [r[0] for r in await cur.fetchall()]
 
