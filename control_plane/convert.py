@@ -58,6 +58,8 @@ def run_to_proto(run: RunRow, nodes: list[NodeRow] | None = None) -> pb.Run:
     set_time(msg.started_at, run.started_at)
     set_time(msg.finished_at, run.finished_at)
     set_time(msg.updated_at, run.updated_at)
+    if run.usage:
+        msg.usage.update(run.usage)
     for node in nodes or ():
         msg.nodes.append(node_to_proto(node))
     return msg

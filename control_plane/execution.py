@@ -104,7 +104,7 @@ class ExecutionMixin:
             ctx.flush()
             output = json_safe(result, f"the output of node {node_id!r}")
             node.output = output
-            node.usage = dict(ctx.usage) or node.usage
+            self.set_usage(node, dict(ctx.usage) or node.usage)
             node.finished_at = now()
             if output is not None:
                 self.emit("output", node_id=node_id, attempt=node.attempt, data={"output": output})

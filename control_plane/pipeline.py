@@ -630,4 +630,5 @@ def _storable_run(run: RunRow) -> RunRow:
         output=storable(run.output),
         labels=storable(run.labels),
         node_counts=storable(run.node_counts),
+        usage=storable(run.usage),
     )

@@ -31,6 +31,7 @@ from control_plane.execution import ExecutionMixin
 from control_plane.plan import Plan
 from control_plane.retries import RetryMixin
 from control_plane.store import NodeRow, RunRow, now
+from control_plane.usage import adjusted
 from executors.base import NodeContext
 from statepipe_api.lifecycle import (
     FINAL_RUN,
@@ -251,6 +252,16 @@ class RunActor(DispatchMixin, ExecutionMixin, RetryMixin, ControlsMixin):
             data=data,
         )
         self.put_run()
+
+    def set_usage(self, node: NodeRow, usage: dict[str, Any] | None) -> None:
+        """Stores a node's usage and moves the run's total by the change (both
+        written with the node's next status change): a node run again counts
+        with its latest usage only."""
+        old = node.usage
+        node.usage = usage
+        if old != usage:
+            others = (n.usage for n in self.nodes.values() if n is not node)
+            self.run.usage = adjusted(self.run.usage, old, usage, others)
 
     def set_run_status(self, status: str, *, message: str = "") -> None:
         """The run's status change: checked, written, an event; an actor the

@@ -140,6 +140,8 @@ class RunRow:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     idempotency_key: str | None = None
     node_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    # The sum of the nodes' numeric usage (control_plane/usage.py); None: none reported.
+    usage: dict[str, Any] | None = None
     last_seq: int = 0
     lease_owner: str | None = None
     lease_expires_at: dt.datetime | None = None
@@ -194,7 +196,7 @@ _RUN_MUTABLE = [
     )
 ]
 _NODE_MUTABLE = [c for c in NODE_COLUMNS if c not in ("run_id", "node_id", "position", "kind")]
-_JSON_RUN = {"input", "output", "labels", "node_counts"}
+_JSON_RUN = {"input", "output", "labels", "node_counts", "usage"}
 _JSON_NODE = {"input", "output", "usage"}
 
 

@@ -333,6 +333,12 @@ class Run(_Wrapper[pb.Run]):
         return {k.removeprefix("NODE_"): v for k, v in self.proto.node_counts.items()}
 
     @property
+    def usage(self) -> dict[str, Any] | None:
+        """The sum over the run's nodes of each numeric key of their usage
+        (tokens, cost, ...), None when no node reported any; in listings too."""
+        return struct_to_python(self.proto.usage) if self.proto.HasField("usage") else None
+
+    @property
     def nodes(self) -> list[NodeState]:
         """The run's nodes (filled by get_run, empty in listings)."""
         return [NodeState(node) for node in self.proto.nodes]

@@ -336,8 +336,10 @@ def run_to_dict(run: pb.Run) -> dict[str, Any]:
     Returns:
         A dict with keys ``run_id, workflow_name, workflow_version, status, input,
         output, error, labels, idempotency_key, created_at, started_at,
-        finished_at, updated_at, last_seq, node_counts, nodes``; ``nodes`` is a
-        list of :func:`node_to_dict` dicts (empty in listings).
+        finished_at, updated_at, last_seq, node_counts, usage, nodes``; ``usage``
+        is the sum of the nodes' numeric usage (None when no node reported
+        any, filled in listings too); ``nodes`` is a list of
+        :func:`node_to_dict` dicts (empty in listings).
     """
     return {
         "run_id": run.run_id,
@@ -355,6 +357,7 @@ def run_to_dict(run: pb.Run) -> dict[str, Any]:
         "updated_at": _ts(run, "updated_at"),
         "last_seq": run.last_seq,
         "node_counts": {_plain_status(k): v for k, v in run.node_counts.items()},
+        "usage": _struct_or_none(run, "usage"),
         "nodes": [node_to_dict(node) for node in run.nodes],
     }
 

@@ -28,7 +28,7 @@ from statepipe.cli import main
 
 RUN_KEYS = (
     "run_id workflow_name workflow_version status input output error labels idempotency_key"
-    " created_at started_at finished_at updated_at last_seq node_counts nodes"
+    " created_at started_at finished_at updated_at last_seq node_counts usage nodes"
 ).split()
 EVENT_KEYS = "run_id seq ts kind node_id attempt status message level data".split()
 
@@ -128,7 +128,7 @@ def test_help_reads_well() -> None:
     assert "--server" in top.stdout and "STATEPIPE_HOME" in top.stdout
     runner = CliRunner()
     commands = ["run", "resume", "inspect", "ls", "pause", "interrupt", "cancel", "logs"]
-    for command in [*commands, "server", "up"]:
+    for command in [*commands, "server", "up", "ui"]:
         result = runner.invoke(main, [command, "--help"])
         assert result.exit_code == 0, (command, result.output)
         assert result.output.startswith(f"Usage: main {command}") or "Usage:" in result.output
@@ -138,7 +138,9 @@ def test_help_reads_well() -> None:
         assert flag in run_help
     for flag in ("--inspect", "--executor", "--label", "--detach", "paths.txt"):
         assert flag in run_help
-    assert "console is not available yet" in runner.invoke(main, ["up", "--help"]).output
+    up_help = runner.invoke(main, ["up", "--help"]).output
+    for flag in ("--demo", "--host", "--port", "--grpc-port", "--path", "console"):
+        assert flag in up_help
 
 
 def test_run_then_inspect_json(env: dict[str, str], tmp_path: Path) -> None:

@@ -445,6 +445,7 @@ RUN_KEYS = [
     "updated_at",
     "last_seq",
     "node_counts",
+    "usage",
     "nodes",
 ]
 NODE_KEYS = [
@@ -492,6 +493,7 @@ def full_run() -> pb.Run:
         last_seq=17,
         node_counts={"SUCCEEDED": 1, "SKIPPED": 1},
     )
+    run.usage.update({"input_tokens": 10, "cost": 0.01})
     run.input.CopyFrom(json_to_value({"url": "https://example.com", "n": 3}))
     run.output.CopyFrom(json_to_value({"summary": "ok", "score": 0.5, "tags": []}))
     done = run.nodes.add(
@@ -525,6 +527,8 @@ def test_run_to_dict_shape_and_formats() -> None:
     assert out["labels"] == {"env": "prod"}
     assert out["node_counts"] == {"SUCCEEDED": 1, "SKIPPED": 1}
     assert out["last_seq"] == 17
+    assert out["usage"] == {"input_tokens": 10, "cost": 0.01}
+    assert isinstance(out["usage"]["input_tokens"], int)
     assert [list(n) for n in out["nodes"]] == [NODE_KEYS, NODE_KEYS]
     fetch, summarize = out["nodes"]
     assert fetch["status"] == "SUCCEEDED"
@@ -558,6 +562,7 @@ def test_run_to_dict_of_an_empty_run_has_every_key() -> None:
         "updated_at": None,
         "last_seq": 0,
         "node_counts": {},
+        "usage": None,
         "nodes": [],
     }
 

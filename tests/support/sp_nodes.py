@@ -252,3 +252,14 @@ def deep_log(ctx: Any, depth: int) -> str:
     """Logs a message whose data nests `depth` objects deep."""
     ctx.log("deep data", payload=_nested(depth, "dict"))
     return "logged"
+
+
+def metered(ctx: Any, succeed_on: int = 1) -> int:
+    """Reports 10 input and 5 output tokens and $0.001 on every attempt; fails
+    until attempt `succeed_on`."""
+    ctx.add_usage(
+        **{"gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 5, "cost_usd": 0.001}
+    )
+    if ctx.attempt < succeed_on:
+        raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
+    return ctx.attempt
