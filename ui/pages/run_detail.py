@@ -1,0 +1,330 @@
+"""Run detail (``/runs/{run_id}``, ``/runs/{run_id}/nodes/{node_id}``).
+
+GetRun gives the run and its nodes once; WatchRun then replays the run's events from
+seq 1 and continues live (``follow_forever``, so a resumed run is seen too) into one
+:class:`RunModel`, which the header and the views (graph, timeline, node table,
+trace, log, node panel) read. A lost stream resumes after the last seq the model
+has, so nothing is missed or doubled. Only the visible tab is built; the others are
+built the first time they are opened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from nicegui import context, ui
+
+from statepipe.client import StatepipeError
+from statepipe_api.lifecycle import CONTROLS, FINAL_RUN
+from ui.console import Console, probe
+from ui.frame import frame
+from ui.pages.not_found import not_found
+from ui.run_model import RunModel
+from ui.streams import Coalescer, Connection, follow, page_task
+from ui.theme import status_chip, time_label
+from ui.views.graph import GraphView
+from ui.views.json_view import json_view
+from ui.views.log import LogView
+from ui.views.node_panel import NodePanel
+from ui.views.node_table import NodeTable
+from ui.views.timeline import TimelineView
+from ui.views.trace import TraceView
+
+TABS = ("graph", "timeline", "nodes", "trace", "log")
+# Above this many nodes the page opens on the table rather than the graph.
+GRAPH_DEFAULT_MAX = 1000
+
+_CONTROL_LABELS = {
+    "pause": ("Pause", "pause"),
+    "resume": ("Resume", "play_arrow"),
+    "interrupt": ("Interrupt", "front_hand"),
+    "cancel": ("Cancel", "cancel"),
+}
+
+
+def _duration_ms(run: dict[str, Any]) -> float | None:
+    from datetime import datetime
+
+    if not run.get("started_at") or not run.get("finished_at"):
+        return None
+    start = datetime.fromisoformat(run["started_at"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(run["finished_at"].replace("Z", "+00:00"))
+    return (end - start).total_seconds() * 1000
+
+
+def format_duration(ms: float | None) -> str:
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    s = ms / 1000
+    if s < 60:
+        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
+    m, r = divmod(int(s), 60)
+    if m < 60:
+        return f"{m}m {r:02d}s"
+    return f"{m // 60}h {m % 60:02d}m"
+
+
+def preview(value: Any, limit: int = 90) -> str:
+    """A one-line preview of a JSON value for a collapsed section."""
+    if value is None:
+        return "—"
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_usage(totals: dict[str, float]) -> str:
+    parts = []
+    inp = totals.get("gen_ai.usage.input_tokens")
+    out = totals.get("gen_ai.usage.output_tokens")
+    if inp is not None or out is not None:
+        parts.append(f"{int(inp or 0):,} in / {int(out or 0):,} out tokens")
+    cost = next((v for k, v in totals.items() if "cost" in k), None)
+    if cost is not None:
+        parts.append(f"${cost:.4f}")
+    cpu = totals.get("cpu_time_ms") or totals.get("cpu_ms")
+    if cpu is not None:
+        parts.append(f"{cpu / 1000:.2f} s CPU")
+    return " · ".join(parts)
+
+
+class RunPage:
+    """One browser tab's run page."""
+
+    def __init__(self, console: Console, model: RunModel, connection: Connection, tab: str) -> None:
+        self.console = console
+        self.model = model
+        self.connection = connection
+        self.run_id = model.run["run_id"]
+        self.tab = tab
+        self.built: set[str] = set()
+        self.flush = Coalescer(model.flush, delay_s=0.05)
+        self.refetch_pending = False
+        self.final_seen = model.run["status"] in FINAL_RUN
+
+    # -- layout
+
+    def build(self) -> None:
+        self.client = context.client
+        self.panel = NodePanel(self.model, self.console)
+        with ui.card().classes("w-full sp-card gap-2").props("flat"):
+            self.header = ui.refreshable(self._header)
+            self.header()
+            self.payloads = ui.refreshable(self._payloads)
+            self.payloads()
+        self.model.on_run(self._run_changed)
+        with (
+            ui.tabs(value=self.tab, on_change=lambda e: self._open_tab(e.value))
+            .classes("w-full")
+            .props("dense align=left inline-label no-caps") as tabs
+        ):
+            ui.tab("graph", "Graph", icon="account_tree")
+            ui.tab("timeline", "Timeline", icon="view_timeline")
+            ui.tab("nodes", f"Nodes ({len(self.model.nodes):,})", icon="table_rows")
+            ui.tab("trace", "Trace", icon="segment")
+            ui.tab("log", "Live log", icon="terminal")
+        with (
+            ui.tab_panels(tabs, value=self.tab)
+            .classes("w-full bg-transparent")
+            .props("keep-alive animated=false")
+        ):
+            self.panels = {}
+            for name in TABS:
+                self.panels[name] = ui.tab_panel(name).classes("p-0 pt-2")
+        self._open_tab(self.tab)
+
+    def _open_tab(self, name: str) -> None:
+        self.tab = name
+        if name in self.built:
+            return
+        self.built.add(name)
+        select: Callable[[str], Any] = self.select
+        with self.panels[name]:
+            if name == "graph":
+                GraphView(self.model, select)
+            elif name == "timeline":
+                TimelineView(self.model, select)
+            elif name == "nodes":
+                NodeTable(self.model, select)
+            elif name == "trace":
+                TraceView(self.model, self.console, select)
+            elif name == "log":
+                LogView(self.model)
+
+    async def select(self, node_id: str) -> None:
+        await self.panel.open(node_id)
+
+    def _header(self) -> None:
+        run = self.model.run
+        with ui.row().classes("w-full items-center gap-3 no-wrap"):
+            status_chip(run["status"]).classes("text-sm").mark("run-status")
+            with ui.link(target=f"/workflows/{run['workflow_name']}").classes(
+                "text-xl font-semibold no-underline"
+            ):
+                ui.label(run["workflow_name"])
+            ui.label(f"v{run['workflow_version']}").classes("sp-muted")
+            ui.label(self.run_id).classes("sp-mono sp-muted text-xs")
+            ui.button(
+                icon="content_copy",
+                on_click=lambda: (ui.clipboard.write(self.run_id), ui.notify("run id copied")),
+            ).props("flat dense round size=sm").tooltip("copy run id")
+            ui.space()
+            self._controls(run["status"])
+        with ui.row().classes("w-full items-center gap-6 text-sm"):
+            for name, key in (("created", "created_at"), ("started", "started_at"),
+                              ("finished", "finished_at")):  # fmt: skip
+                with ui.column().classes("gap-0"):
+                    ui.label(name).classes("sp-muted text-xs")
+                    time_label(run.get(key))
+            with ui.column().classes("gap-0"):
+                ui.label("duration").classes("sp-muted text-xs")
+                if run.get("started_at") and not run.get("finished_at"):
+                    ui.label("…").classes("sp-ticking").props(f'data-start="{run["started_at"]}"')
+                else:
+                    ui.label(format_duration(_duration_ms(run)))
+            with ui.column().classes("gap-0"):
+                ui.label("nodes").classes("sp-muted text-xs")
+                counts = run.get("node_counts") or {}
+                ui.label(
+                    " · ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "—"
+                ).mark("run-counts")
+            usage = format_usage(self.model.usage_totals() or (run.get("usage") or {}))
+            if usage:
+                with ui.column().classes("gap-0"):
+                    ui.label("usage").classes("sp-muted text-xs")
+                    ui.label(usage)
+            if run.get("labels"):
+                with ui.row().classes("gap-1"):
+                    for k, v in run["labels"].items():
+                        ui.badge(f"{k}={v}").props("outline").classes("sp-mono")
+        if run.get("error"):
+            ui.label(run["error"]).classes("sp-mono text-red-600 w-full").style(
+                "white-space: pre-wrap"
+            ).mark("run-error")
+
+    def _payloads(self) -> None:
+        run = self.model.run
+        with ui.row().classes("w-full gap-4 no-wrap"):
+            for name, icon, value in (("Input", "input", run.get("input")),
+                                      ("Output", "output", run.get("output"))):  # fmt: skip
+                with (
+                    ui.expansion(name, icon=icon, caption=preview(value))
+                    .classes("w-1/2 sp-card")
+                    .props("dense header-class=text-sm")
+                    .mark(f"run-{name.lower()}")
+                ):
+                    json_view(value, label=name.lower())
+
+    def _controls(self, status: str) -> None:
+        for action, (label, icon) in _CONTROL_LABELS.items():
+            if status not in CONTROLS[action]:
+                continue
+            color = "negative" if action == "cancel" else "primary"
+            ui.button(label, icon=icon, on_click=lambda a=action: self.control(a)).props(
+                f"outline dense no-caps color={color}"
+            ).mark(f"control-{action}")
+
+    # -- controls
+
+    async def control(self, action: str) -> None:
+        if action == "cancel" and not await self._confirm_cancel():
+            return
+        method = {"pause": "pause", "resume": "resume", "interrupt": "interrupt",
+                  "cancel": "cancel"}[action]  # fmt: skip
+        try:
+            await getattr(self.console.client, method)(self.run_id, reason="from the console")
+        except StatepipeError as err:
+            refused = err.code == grpc.StatusCode.FAILED_PRECONDITION
+            ui.notify(
+                err.message if refused else f"{action} failed: {err.message}",
+                type="warning" if refused else "negative",
+                multi_line=True,
+            )
+            return
+        ui.notify(f"{action} sent", type="info", timeout=1500)
+        # The new status arrives through the stream, like everyone else's.
+
+    async def _confirm_cancel(self) -> bool:
+        with ui.dialog() as dialog, ui.card():
+            ui.label(f"Cancel run {self.run_id[:8]}?").classes("text-lg font-semibold")
+            ui.label("In-flight nodes are stopped and the run cannot be resumed.")
+            with ui.row().classes("w-full justify-end"):
+                ui.button("Keep running", on_click=lambda: dialog.submit(False)).props("flat")
+                ui.button("Cancel run", on_click=lambda: dialog.submit(True)).props(
+                    "color=negative"
+                ).mark("confirm-cancel")
+        result = await dialog
+        dialog.delete()
+        return bool(result)
+
+    # -- live
+
+    def _run_changed(self) -> None:
+        self.header.refresh()
+        final = self.model.run["status"] in FINAL_RUN
+        if final and not self.final_seen:
+            # The output, usage and node inputs are not in events: fetch them once.
+            self.final_seen = True
+            page_task(self._refetch(), "run-refetch", client=self.client)
+        elif not final:
+            self.final_seen = False
+
+    async def _refetch(self) -> None:
+        try:
+            run = await self.console.client.get_run(self.run_id)
+        except StatepipeError:
+            return
+        self.model.replace_run(run.to_dict())
+        self.payloads.refresh()
+        self.model.flush()
+
+    async def watch(self) -> None:
+        def opened() -> Any:
+            return self.console.client.watch(
+                self.run_id, after_seq=self.model.last_seq, follow_forever=True
+            )
+
+        def handle(event: Any) -> None:
+            self.model.apply((event.to_dict(),))
+            self.flush.poke()
+
+        await follow("run", self.connection, opened, handle, probe=lambda: probe(self.console))
+
+
+def register(console: Console) -> None:
+    async def show(run_id: str, node_id: str | None, tab: str) -> None:
+        try:
+            run = await console.client.get_run(run_id)
+        except StatepipeError as err:
+            if err.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                not_found(console, "Run", f"no run has the id {run_id!r}")
+                return
+            with frame(console, "Run"):
+                ui.label(f"Could not load run {run_id}: {err.message}").classes("text-red-600")
+                ui.button("Retry", on_click=ui.navigate.reload)
+            return
+        data = run.to_dict()
+        model = RunModel(data)
+        if tab not in TABS:
+            tab = "graph" if len(model.nodes) <= GRAPH_DEFAULT_MAX else "nodes"
+        with frame(console, f"Run {run_id[:8]}", active="Runs") as connection:
+            page = RunPage(console, model, connection, tab)
+            page.build()
+        page_task(page.watch(), "run-watch")
+        if node_id is not None:
+            if node_id in model.nodes:
+                await page.select(node_id)
+            else:
+                ui.notify(f"run {run_id[:8]} has no node {node_id!r}", type="warning")
+
+    @ui.page("/runs/{run_id}")
+    async def run_page(run_id: str, tab: str = "") -> None:
+        await show(run_id, None, tab)
+
+    @ui.page("/runs/{run_id}/nodes/{node_id}")
+    async def node_page(run_id: str, node_id: str, tab: str = "") -> None:
+        await show(run_id, node_id, tab)

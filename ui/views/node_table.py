@@ -1,0 +1,168 @@
+"""The node table of a run: every node, sortable and filterable in the browser.
+
+A run's nodes are all in the page (GetRun), so AG Grid sorts and filters them itself
+(virtualized: 10,000 rows cost what is on screen). Live changes are row transactions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from nicegui import ui
+
+from ui.run_model import RunModel
+from ui.streams import Coalescer
+from ui.theme import STATUS_COLORS
+
+_COLORS = json.dumps(STATUS_COLORS)
+
+_STATUS = f"""(p) => {{
+  const c = {_COLORS}[p.value] || '#9e9e9e';
+  return `<span class="sp-status" style="background:${{c}};color:#fff">`
+       + `${{(p.value || '').toLowerCase().replace('_', ' ')}}</span>`;
+}}"""
+_TIME = """(p) => p.value ? `<span title="${sp.utc(p.value)}">${sp.fmtTime(p.value)}</span>` : ''"""
+_DURATION = """(p) => {
+  const s = p.data.started_at, f = p.data.finished_at;
+  if (!s) return '';
+  return sp.fmtDuration((f ? Date.parse(f) : Date.now()) - Date.parse(s));
+}"""
+_DURATION_VALUE = """(p) => {
+  const s = p.data.started_at, f = p.data.finished_at;
+  return s ? (f ? Date.parse(f) : Date.now()) - Date.parse(s) : null;
+}"""
+_ERROR = """(p) => p.value ? `<span style="color:#e53935" title="${p.value.replace(/"/g,
+  '&quot;')}">${p.value}</span>` : ''"""
+
+
+def node_row(node: dict[str, Any]) -> dict[str, Any]:
+    usage = node.get("usage") or {}
+    tokens = sum(
+        v
+        for k, v in usage.items()
+        if k in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
+        and isinstance(v, int | float)
+    )
+    return {
+        "id": node["node_id"],
+        "kind": node["kind"],
+        "status": node["status"],
+        "attempt": node["attempt"],
+        "started_at": node["started_at"],
+        "finished_at": node["finished_at"],
+        "tokens": tokens or None,
+        "error": (node["error"] or "").splitlines()[0][:300] if node["error"] else "",
+        "after": ", ".join(node.get("after") or ()),
+    }
+
+
+class NodeTable:
+    """All nodes of ``model``; clicking a row calls ``on_select(node_id)``."""
+
+    def __init__(self, model: RunModel, on_select: Callable[[str], Any]) -> None:
+        self.model = model
+        self.on_select = on_select
+        self.changed: dict[str, None] = {}
+        self.push = Coalescer(self._send, delay_s=0.1)
+        # The grid's rowData holds these same dicts: updating one in place keeps the
+        # server copy in step without re-sending the grid.
+        self.rows = {n: node_row(node) for n, node in model.nodes.items()}
+        with ui.row().classes("w-full items-center gap-2"):
+            ui.input(placeholder="filter nodes").props(
+                "dense outlined clearable debounce=250"
+            ).classes("w-64").on_value_change(
+                lambda e: self.grid.run_grid_method(
+                    "setGridOption", "quickFilterText", e.value or ""
+                )
+            ).mark("nodes-filter")
+            ui.label(f"{len(model.nodes):,} nodes").classes("sp-muted text-xs")
+        self.grid = (
+            ui.aggrid(
+                {
+                    "columnDefs": [
+                        {
+                            "field": "id",
+                            "headerName": "Node",
+                            "flex": 2,
+                            "minWidth": 140,
+                            "cellClass": "sp-mono",
+                        },
+                        {"field": "kind", "headerName": "Kind", "width": 95},
+                        {
+                            "field": "status",
+                            "headerName": "Status",
+                            "width": 120,
+                            ":cellRenderer": _STATUS,
+                        },
+                        {
+                            "field": "attempt",
+                            "headerName": "Attempt",
+                            "width": 90,
+                            "filter": "agNumberColumnFilter",
+                        },
+                        {
+                            "field": "started_at",
+                            "headerName": "Started",
+                            "width": 120,
+                            ":cellRenderer": _TIME,
+                        },
+                        {
+                            "colId": "duration",
+                            "headerName": "Duration",
+                            "width": 105,
+                            ":valueGetter": _DURATION_VALUE,
+                            ":cellRenderer": _DURATION,
+                            "filter": "agNumberColumnFilter",
+                        },
+                        {
+                            "field": "tokens",
+                            "headerName": "Tokens",
+                            "width": 90,
+                            "filter": "agNumberColumnFilter",
+                        },
+                        {"field": "after", "headerName": "After", "flex": 1, "minWidth": 100},
+                        {
+                            "field": "error",
+                            "headerName": "Error",
+                            "flex": 3,
+                            "minWidth": 160,
+                            ":cellRenderer": _ERROR,
+                        },
+                    ],
+                    "defaultColDef": {"sortable": True, "filter": True, "resizable": True},
+                    "rowData": list(self.rows.values()),
+                    ":getRowId": "(p) => p.data.id",
+                    "rowHeight": 32,
+                    "animateRows": False,
+                    "suppressCellFocus": True,
+                },
+                theme="quartz",
+                auto_size_columns=False,
+            )
+            .classes("w-full")
+            .style("height: calc(100vh - 340px); min-height: 320px")
+            .mark("nodes-grid")
+        )
+        self.grid.on("cellClicked", self._clicked)
+        model.on_nodes(self.nodes_changed)
+
+    def _clicked(self, event: Any) -> None:
+        node_id = ((event.args or {}).get("data") or {}).get("id")
+        if node_id:
+            self.on_select(node_id)
+
+    def nodes_changed(self, node_ids: list[str]) -> None:
+        self.changed.update(dict.fromkeys(node_ids))
+        self.push.poke()
+
+    def _send(self) -> None:
+        changed, self.changed = list(self.changed), {}
+        rows = []
+        for node_id in changed:
+            if node_id in self.rows:
+                self.rows[node_id].update(node_row(self.model.nodes[node_id]))
+                rows.append(self.rows[node_id])
+        if rows:
+            self.grid.run_grid_method("applyTransactionAsync", {"update": rows})
