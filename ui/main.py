@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 from nicegui import app, ui
+from nicegui.storage import Storage
 
 from ui import theme
 from ui.console import Console
@@ -48,6 +50,10 @@ def run_console(
         show: Open a browser tab once it is up.
     """
     setup(server)
+    if "NICEGUI_STORAGE_PATH" not in os.environ:
+        # Per-browser settings live under $STATEPIPE_HOME, not in the working directory.
+        home = Path(os.environ.get("STATEPIPE_HOME") or "~/.statepipe").expanduser()
+        Storage.path = home / "console"
     ui.run(
         # Signs the per-browser storage that keeps the dark/light choice; a new one
         # per process is enough for that (STATEPIPE_UI_SECRET keeps it across restarts).

@@ -7,11 +7,6 @@ plane (embedded Postgres, loopback port 0) and yields a nicegui.testing.User.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +16,7 @@ import pytest
 from nicegui import core, ui
 from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
 from nicegui.testing.user import User
+from sp_console import CHROMIUM, CHROMIUM_ARGS, ConsoleProcess, artifacts_dir, free_port
 
 pytest_plugins = ["nicegui.testing.general_fixtures"]
 
@@ -30,6 +26,9 @@ async def console_user(server) -> AsyncIterator[User]:
     """A simulated browser user of a console wired to `server`."""
     from ui.main import setup
 
+    # The console's not-found page replaces NiceGUI's 404 handler, which
+    # nicegui_reset_globals does not restore: put it back for the next test.
+    handlers = dict(core.app.exception_handlers)
     with nicegui_reset_globals():
         os.environ["NICEGUI_USER_SIMULATION"] = "true"
         try:
@@ -43,75 +42,11 @@ async def console_user(server) -> AsyncIterator[User]:
                     yield User(http)
         finally:
             os.environ.pop("NICEGUI_USER_SIMULATION", None)
+            core.app.exception_handlers.clear()
+            core.app.exception_handlers.update(handlers)
 
 
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def artifacts_dir() -> Path:
-    """Where browser tests leave screenshots (STATEPIPE_TEST_ARTIFACTS, or
-    test-artifacts/ui in the repository)."""
-    root = Path(os.environ.get("STATEPIPE_TEST_ARTIFACTS", REPO / "test-artifacts"))
-    path = root / "ui"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ConsoleProcess:
-    """The console in its own process (as `statepipe ui` runs it), against `server`."""
-
-    def __init__(self, server_address: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        code = (
-            "import sys; from ui import run_console; "
-            f"run_console({server_address!r}, host='127.0.0.1', port={self.port})"
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-c", code],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"console exited: {self.proc.stdout.read()}")
-            try:
-                if httpx.get(self.url + "/", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("console did not answer within 60 s")
-            time.sleep(0.2)
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.stdout.read() if self.proc.stdout else ""
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "ConsoleProcess", "artifacts_dir", "free_port"]
 
 
 @pytest.fixture
@@ -142,7 +77,7 @@ def page(chromium: Any) -> Iterator[Any]:
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
     tab = context.new_page()
     errors: list[str] = []
-    tab.on("pageerror", lambda err: errors.append(str(err)))
+    tab.on("pageerror", lambda err: errors.append(f"{tab.url}: {err.stack or err}"))
     yield tab
     context.close()
     assert not errors, f"JavaScript errors in the page: {errors}"

@@ -110,6 +110,8 @@ class RunPage:
 
     def build(self) -> None:
         self.client = context.client
+        # Dialogs go here: the header that opens them is rebuilt on every status change.
+        self.root = context.slot.parent
         self.panel = NodePanel(self.model, self.console)
         with ui.card().classes("w-full sp-card gap-2").props("flat"):
             self.header = ui.refreshable(self._header)
@@ -249,7 +251,7 @@ class RunPage:
         # The new status arrives through the stream, like everyone else's.
 
     async def _confirm_cancel(self) -> bool:
-        with ui.dialog() as dialog, ui.card():
+        with self.root, ui.dialog() as dialog, ui.card():
             ui.label(f"Cancel run {self.run_id[:8]}?").classes("text-lg font-semibold")
             ui.label("In-flight nodes are stopped and the run cannot be resumed.")
             with ui.row().classes("w-full justify-end"):
@@ -314,6 +316,8 @@ def register(console: Console) -> None:
         with frame(console, f"Run {run_id[:8]}", active="Runs") as connection:
             page = RunPage(console, model, connection, tab)
             page.build()
+        # Tests (and a debugger) reach a tab's model through its client.
+        context.client._statepipe_run_page = page  # type: ignore[attr-defined]
         page_task(page.watch(), "run-watch")
         if node_id is not None:
             if node_id in model.nodes:
