@@ -39,7 +39,7 @@ def frame(console: Console, title: str, *, active: str = "") -> Iterator[Connect
             icon="dark_mode", on_click=lambda: dark.set_value(not _is_dark(dark.value))
         ).props("flat round dense color=white").tooltip("dark / light")
     banner = ui.row().classes("w-full items-center gap-2 px-4 py-2 bg-amber-600 text-white text-sm")
-    banner.props('data-testid="connection-banner"')
+    banner.props('data-testid="connection-banner"').mark("connection-banner")
     with banner:
         ui.spinner(size="sm", color="white")
         ui.label().bind_text_from(connection, "message")

@@ -6,6 +6,7 @@ plane (embedded Postgres, loopback port 0) and yields a nicegui.testing.User.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,14 +17,14 @@ import pytest
 from nicegui import core, ui
 from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
 from nicegui.testing.user import User
-from sp_console import CHROMIUM, CHROMIUM_ARGS, ConsoleProcess, artifacts_dir, free_port
+from sp_console import CHROMIUM, CHROMIUM_ARGS, ConsoleProcess
 
 pytest_plugins = ["nicegui.testing.general_fixtures"]
 
 
-@pytest.fixture
-async def console_user(server) -> AsyncIterator[User]:
-    """A simulated browser user of a console wired to `server`."""
+@contextlib.asynccontextmanager
+async def console_user_of(address: str) -> AsyncIterator[User]:
+    """A simulated browser user of a console wired to the control plane at `address`."""
     from ui.main import setup
 
     # The console's not-found page replaces NiceGUI's 404 handler, which
@@ -33,7 +34,7 @@ async def console_user(server) -> AsyncIterator[User]:
         os.environ["NICEGUI_USER_SIMULATION"] = "true"
         try:
             prepare_simulation()
-            setup(server.address)
+            setup(address)
             ui.run(storage_secret="test secret")
             async with core.app.router.lifespan_context(core.app):
                 async with httpx.AsyncClient(
@@ -46,7 +47,11 @@ async def console_user(server) -> AsyncIterator[User]:
             core.app.exception_handlers.update(handlers)
 
 
-__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "ConsoleProcess", "artifacts_dir", "free_port"]
+@pytest.fixture
+async def console_user(server) -> AsyncIterator[User]:
+    """A simulated browser user of a console wired to `server`."""
+    async with console_user_of(server.address) as user:
+        yield user
 
 
 @pytest.fixture

@@ -240,3 +240,30 @@ def test_replayed_events_fill_attempts_but_do_not_move_statuses_back() -> None:
     assert first.error == "boom" and first.retry_until == "2026-01-01T00:00:03.000Z"
     assert len(model.events) == 4  # the doubled seq 2 was dropped
     assert model.run["node_counts"] == {"SUCCEEDED": 1}
+
+
+async def test_retry_node_runs_a_failed_node_again_from_its_panel(
+    console_user: User, server, tmp_path
+) -> None:
+    spec = {
+        "name": "flaky",
+        "version": "1",
+        "nodes": [
+            {
+                "id": "flaky",
+                "kind": "python",
+                "params": {"callable": "sp_nodes:fail_until", "args": {"succeed_on": 2}},
+            }
+        ],
+    }
+    async with AsyncClient(server.address) as client:
+        run_id = await client.start_run(spec)
+        await finished(client, run_id)
+        assert (await client.get_run(run_id)).status == "FAILED"
+        await console_user.open(f"/runs/{run_id}/nodes/flaky")
+        await console_user.should_see(marker="control-retry-node")
+        console_user.find(marker="control-retry-node").click()
+        await console_user.should_see("succeeded", marker="run-status", retries=150)
+        run = await client.get_run(run_id)
+        assert run.status == "SUCCEEDED" and run.node("flaky").attempt == 2
+        await console_user.should_not_see(marker="control-retry-node")

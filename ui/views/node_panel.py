@@ -22,7 +22,7 @@ from nicegui.elements.mixins.text_element import TextElement
 
 from statepipe.client import StatepipeError
 from statepipe_api.convert import spec_to_dict
-from statepipe_api.lifecycle import FINAL_NODE
+from statepipe_api.lifecycle import CONTROLS, FINAL_NODE, RESETTABLE_NODE
 from ui.console import Console
 from ui.run_model import CALL_KINDS, Attempt, RunModel
 from ui.theme import status_chip, time_label
@@ -272,6 +272,8 @@ class NodePanel:
             self.body = ui.refreshable(self._render)
             self.body()
         model.on_nodes(self._nodes_changed)
+        # The run's status decides which controls the panel offers.
+        model.on_run(lambda: self._refresh_now() if self.is_open else None)
 
     @property
     def is_open(self) -> bool:
@@ -289,6 +291,15 @@ class NodePanel:
     def close(self) -> None:
         self.drawer.hide()
         self.node_id = None
+
+    async def retry(self, node_id: str) -> None:
+        """Runs a failed (cancelled, skipped) node again; the result comes by the stream."""
+        try:
+            await self.console.client.retry_node(self.model.run["run_id"], node_id)
+        except StatepipeError as err:
+            ui.notify(err.message, type="warning", multi_line=True)
+            return
+        ui.notify(f"retrying {node_id}", type="info", timeout=1500)
 
     # -- data
 
@@ -420,6 +431,15 @@ class NodePanel:
             ui.badge(node.get("kind") or "?").props("outline").classes("sp-mono")
             status_chip(node["status"]).mark("panel-status")
             ui.label(f"attempt {node.get('attempt') or 0}").classes("sp-muted text-sm")
+            ui.space()
+            if (
+                node["status"] in RESETTABLE_NODE
+                and self.model.run["status"] in CONTROLS["retry_node"]
+            ):
+                node_id = node["node_id"]
+                ui.button(
+                    "Retry node", icon="replay", on_click=lambda: self.retry(node_id)
+                ).props("outline dense no-caps color=primary").mark("control-retry-node")
         started, finished = node.get("started_at"), node.get("finished_at")
         _kv(
             [
