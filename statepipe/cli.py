@@ -489,6 +489,18 @@ def _refuse_server_option(command: str) -> None:
         raise click.UsageError(f"`{command}` starts a server itself; --server does not apply")
 
 
+def _first_postgres_note(database_url: str | None) -> None:
+    """On a terminal, says that the first start of the embedded Postgres takes a while."""
+    from statepipe import _local
+
+    if not (_local.home() / "postgres").exists() and not database_url and sys.stderr.isatty():
+        click.echo(
+            f"starting the embedded Postgres under {_local.home() / 'postgres'} "
+            "(the first time takes a few seconds)",
+            err=True,
+        )
+
+
 def _connect(purpose: str, run_id: str | None = None) -> Connection:
     """A connection for ``purpose``: "read", "control" or "execute".
 
@@ -515,13 +527,7 @@ def _connect(purpose: str, run_id: str | None = None) -> Connection:
             return Connection(Client(address), address, borrowed_pid=int(entry["pid"]))
     _configure_logging()
     _local.load_paths()
-    if not (_local.home() / "postgres").exists() and not database_url:
-        if sys.stderr.isatty():
-            click.echo(
-                f"starting the embedded Postgres under {_local.home() / 'postgres'} "
-                "(the first time takes a few seconds)",
-                err=True,
-            )
+    _first_postgres_note(database_url)
     # Reading must not take over runs a killed process left: their nodes would
     # start and be cut off again when this command exits.
     plane = _local.LocalPlane(
@@ -785,6 +791,7 @@ def main() -> None:
     """Run LLM agent workflows as DAGs and watch them live.
 
     \b
+      statepipe up --demo          # everything, the web console on http://127.0.0.1:8080
       statepipe run flow.py --input '{"url": "https://example.com"}'
       statepipe ls
       statepipe inspect RUN_ID
@@ -1641,45 +1648,402 @@ def server(
         raise CliError(f"cannot start the server: {err}", EXIT_UNREACHABLE) from None
 
 
+# ------------------------------------------------------------------- console
+
+#: The control plane's address unless told otherwise (`server --listen`, `up --grpc-port`).
+DEFAULT_GRPC_PORT = 7420
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_GRPC_PORT}"
+#: Where the web console (`ui`, `up`) listens unless told otherwise.
+CONSOLE_HOST = "127.0.0.1"
+CONSOLE_PORT = 8080
+
+
+class _Stop(BaseException):
+    """SIGINT or SIGTERM reached a command that serves (``ui``, ``up``): stop, status 0.
+
+    A BaseException, as KeyboardInterrupt is: an ``except Exception`` on the way (around
+    an example that fails to load, say) must not swallow it.
+    """
+
+
+def _console_web_server() -> Any:
+    """The console's uvicorn server once NiceGUI has made it (None before)."""
+    module = sys.modules.get("nicegui.server")
+    return getattr(getattr(module, "Server", None), "instance", None)
+
+
+#: A signal this long after the first one makes the console's web server stop at once.
+FORCE_STOP_AFTER_S = 3.0
+
+
+def _stop_on_signals() -> None:
+    """From now on SIGINT and SIGTERM stop the command: they raise :class:`_Stop` in the
+    main thread, or, once the console's web server exists, ask it to stop gracefully
+    (NiceGUI's shutdown handlers run; ``run_console`` then returns).
+
+    A _Stop raised inside uvicorn's event loop would cut that shutdown short and can
+    leave the loop waiting on its tasks for ever. The console's startup puts these
+    handlers back in place of uvicorn's, whose second Ctrl-C forces the exit at once
+    (skipping NiceGUI's shutdown, with a traceback); here only a signal more than
+    FORCE_STOP_AFTER_S after the first does, for a shutdown that hangs.
+    """
+    first: list[float] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        web = _console_web_server()
+        if web is None:
+            raise _Stop
+        if not first:
+            first.append(time.monotonic())
+        elif time.monotonic() - first[0] > FORCE_STOP_AFTER_S:
+            web.force_exit = True
+        web.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (their handlers run after the block); a thread started in
+    the block keeps them blocked, so they always reach the main thread."""
+    both = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, both)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, both)
+
+
+def _ignore_signals() -> None:
+    """While stopping: another Ctrl-C or SIGTERM does not cut the clean-up short."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+
+
+def _console_url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _check_console_port(host: str, port: int) -> None:
+    """One error line (exit 3) if the console cannot listen on host:port (in use, say),
+    before anything else starts."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As uvicorn binds: a port some closed connection left in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            reason = "the port is in use (choose another with --port)"
+        else:
+            reason = err.strerror or str(err)
+        _fail(f"cannot serve the console on {host}:{port}: {reason}", EXIT_UNREACHABLE)
+
+
+def _wait_listening(host: str, port: int, done: threading.Event) -> bool:
+    """Waits until something accepts connections on host:port; False if `done` comes first."""
+    import socket
+
+    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    while not done.is_set():
+        try:
+            with socket.create_connection((target, port), timeout=0.5):
+                return True
+        except OSError:
+            done.wait(0.05)
+    return False
+
+
+def _console_environment() -> None:
+    """The environment NiceGUI reads (at import and in ``ui.run``), for a real console.
+
+    NiceGUI takes PYTEST_CURRENT_TEST (which a statepipe started from a test inherits)
+    for its own test mode, in which ``ui.run`` serves another port; and it keeps its
+    storage under ./.nicegui unless told: under $STATEPIPE_HOME/console here.
+    """
+    from statepipe import _local
+
+    for name in ("PYTEST_CURRENT_TEST", "NICEGUI_USER_SIMULATION"):
+        os.environ.pop(name, None)
+    os.environ.setdefault("NICEGUI_STORAGE_PATH", str(_local.home() / "console"))
+
+
+def _serve_console(
+    server: str, host: str, port: int, show: bool, listening: threading.Event | None = None
+) -> None:
+    """Serves the console for the control plane at `server` until SIGINT or SIGTERM.
+
+    Prints ``console: http://HOST:PORT`` on stdout once it listens, and sets `listening`.
+    Returns once a signal stopped it (after :func:`_stop_on_signals`).
+
+    Raises:
+        _Stop: A signal came before its web server was made.
+        CliError: Its web server did not start (exit 3).
+    """
+    _console_environment()
+    from nicegui import app
+
+    from ui.main import run_console
+
+    # Runs in uvicorn's event loop, after uvicorn put in its own signal handlers.
+    app.on_startup(_stop_on_signals)
+    done = threading.Event()
+
+    def announce() -> None:
+        if not _wait_listening(host, port, done):
+            return
+        with contextlib.suppress(OSError):  # no one reads stdout: the console serves all the same
+            _out(f"console: {_console_url(host, port)}")
+        if listening is not None:
+            listening.set()
+
+    watcher = threading.Thread(target=announce, name="statepipe-console-ready", daemon=True)
+    try:
+        with _signals_blocked():
+            watcher.start()
+        run_console(server, host, port, show=show)
+    except SystemExit as err:
+        # NiceGUI exits with a status when its web server did not start (the port was
+        # taken after _check_console_port looked, say); uvicorn has logged why.
+        if err.code:
+            raise CliError(f"cannot serve the console on {host}:{port}", EXIT_UNREACHABLE) from None
+        raise
+    finally:
+        done.set()
+        if watcher.is_alive():
+            watcher.join(2)
+
+
+def _console_server() -> str:
+    """The control plane `ui` shows: --server (STATEPIPE_SERVER), else the `statepipe up`
+    running on this machine, else 127.0.0.1:7420."""
+    server = _setting("server")
+    if server:
+        return server
+    from statepipe import _local
+
+    for entry in _local.live_servers(os.environ.get("STATEPIPE_DATABASE_URL") or None):
+        if entry.get("role") == "up":
+            return str(entry["address"])
+    return DEFAULT_SERVER
+
+
+def _unreachable_reason(address: str) -> str | None:
+    """Why the control plane at `address` cannot be reached now (None: it answers)."""
+    from statepipe.client import Client, StatepipeError
+
+    try:
+        with Client(address, timeout=2.0) as probe:
+            probe.list_runs_page(limit=1)
+    except StatepipeError as err:
+        if err.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            return _unreachable(address, err.message).message
+    except Exception as err:  # an address grpc refuses outright
+        return f"cannot reach the statepipe server at {address} ({_one_line_message(str(err))})"
+    return None
+
+
+def _console_options(f: F) -> F:
+    """``--host``, ``--port`` and ``--open`` of the commands that serve the console."""
+    f = click.option(
+        "--open", "show", is_flag=True, help="Open the console in a browser tab once it is up."
+    )(f)
+    f = click.option(
+        "--port",
+        type=click.IntRange(1, 65535),
+        default=CONSOLE_PORT,
+        show_default=True,
+        metavar="N",
+        help="Port the console listens on.",
+    )(f)
+    f = click.option(
+        "--host",
+        default=CONSOLE_HOST,
+        show_default=True,
+        metavar="HOST",
+        help="Interface the console listens on (0.0.0.0: every interface).",
+    )(f)
+    return f
+
+
+@main.command("ui", context_settings={"max_content_width": 100})
+@click.option(
+    "--server",
+    envvar="STATEPIPE_SERVER",
+    metavar="HOST:PORT",
+    expose_value=False,
+    callback=_remember,
+    help="The control plane to show [env STATEPIPE_SERVER]; default: the `statepipe up` "
+    f"running on this machine, else {DEFAULT_SERVER}.",
+)
+@_console_options
+@_handle_errors
+def console_command(host: str, port: int, show: bool) -> None:
+    """Serve the web console for a running control plane (`statepipe server` or `up`).
+
+    Prints `console: http://HOST:PORT` on stdout once it listens. A control plane
+    that cannot be reached yet is a warning on stderr, not an error: the console
+    starts anyway, shows a banner and connects once the server answers. Ctrl-C or
+    SIGTERM stops it (status 0).
+    """
+    server = _console_server()
+    _check_console_port(host, port)
+    problem = _unreachable_reason(server)
+    if problem:
+        click.echo(f"warning: {problem}; the console starts anyway and connects once it answers",
+                   err=True)  # fmt: skip
+    try:
+        _stop_on_signals()
+        _serve_console(server, host, port, show)
+    except _Stop:
+        pass
+    _exit(EXIT_OK)
+
+
 # ------------------------------------------------------------------------ up
 
+#: What `up --demo` starts once up: (workflow name, input), for the examples registered.
+DEMO_RUNS: list[tuple[str, Any]] = [
+    ("montecarlo", {"samples": 400_000, "seed": 1}),
+    ("etl", {}),
+    ("agent", {"question": "what is (17 + 4) * 3?"}),
+    ("montecarlo", {"samples": 2_000_000, "seed": 2}),
+    ("agent", {"question": "who wrote dune?"}),
+]
+DEMO_LABELS = {"demo": "true"}
 
-def _examples_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "examples"
+
+def _examples_dir() -> Path | None:
+    """examples/ of the source checkout statepipe is run from (None when it is installed
+    from a wheel and not run from a checkout)."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        directory = root / "examples"
+        checkout = (root / "pyproject.toml").is_file() and (root / "statepipe").is_dir()
+        if checkout and directory.is_dir():
+            return directory
+    return None
 
 
-def _register_examples(client: Client, verbose: bool) -> tuple[list[str], list[str]]:
-    """Registers every workflow under examples/; returns (registered, skipped)."""
+def _register_examples(client: Client) -> list[tuple[str, str]]:
+    """Registers every workflow of examples/; returns their (name, version).
+
+    One that fails to load or register is a warning line and skipped; a module holding
+    only node code (etl_nodes.py) is skipped quietly.
+    """
     from statepipe import _local
-    from statepipe.sdk import load_target
+    from statepipe.sdk import TargetError, load_target
 
     directory = _examples_dir()
-    if not directory.is_dir():
-        return [], []
-    _local.remember_path(directory)
-    registered, skipped = [], []
+    if directory is None:
+        click.echo("note: no examples/ folder (not a source checkout): no example workflows "
+                   "registered", err=True)  # fmt: skip
+        return []
+    _local.remember_path(directory)  # the examples' node modules, for this and later processes
+    registered = []
     for path in sorted(directory.iterdir()):
         if path.suffix not in (".py", *SPEC_SUFFIXES) or path.name.startswith(("_", ".")):
             continue
         try:
-            spec, _ = load_target(str(path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                spec, _ = load_target(str(path))
             if spec is None:
-                raise ValueError("not a workflow")
+                continue
             workflow = client.register_workflow(spec)
-        except Exception as err:
-            skipped.append(f"{path.name}: {err}")
+        except TargetError as err:
+            if not str(err).endswith("defines no statepipe Workflow"):
+                click.echo(f"warning: example {path.name} skipped: {err}", err=True)
             continue
-        registered.append(f"{workflow.name}@{workflow.version}")
-    return registered, skipped
+        except Exception as err:
+            reason = getattr(err, "message", None) or _one_line_message(str(err))
+            click.echo(f"warning: example {path.name} skipped: {reason or type(err).__name__}",
+                       err=True)  # fmt: skip
+            continue
+        registered.append((workflow.name, workflow.version))
+    if registered:
+        names = ", ".join(f"{name}@{version}" for name, version in registered)
+        click.echo(f"registered examples: {names}", err=True)
+    return registered
+
+
+def _start_demo_runs(address: str, registered: list[tuple[str, str]]) -> list[str]:
+    """Starts DEMO_RUNS of the registered examples; returns their run ids."""
+    from statepipe.client import Client, StatepipeError
+
+    versions = dict(registered)
+    run_ids = []
+    with Client(address) as client:
+        for name, value in DEMO_RUNS:
+            if name not in versions:
+                continue
+            try:
+                run_ids.append(client.start_run(name, value, version=versions[name],
+                                                labels=DEMO_LABELS))  # fmt: skip
+            except StatepipeError as err:
+                click.echo(f"warning: demo run of {name} not started: {err.message}", err=True)
+    if run_ids:
+        click.echo(f"started {len(run_ids)} demo runs (label demo=true)", err=True)
+    else:
+        click.echo("note: no demo runs: no example workflows registered", err=True)
+    return run_ids
+
+
+def _keep_up(
+    plane: LocalPlane,
+    registration: Registration,
+    demo: list[tuple[str, str]] | None,
+    listening: threading.Event,
+    stopping: threading.Event,
+) -> None:
+    """`up`'s helper thread: starts the demo runs once the console listens, and keeps
+    this process's entry in $STATEPIPE_HOME/servers listing the runs it owns (so controls
+    from other terminals come here)."""
+    try:
+        registration.add_runs(plane.owned_runs())
+        if demo is not None:
+            while not listening.wait(0.1):
+                if stopping.is_set():
+                    return
+            registration.add_runs(_start_demo_runs(plane.address, demo))
+        while not stopping.wait(1.0):
+            registration.add_runs(plane.owned_runs())
+    except Exception as err:
+        if not stopping.is_set():
+            click.echo(f"warning: {_one_line_message(str(err)) or type(err).__name__}", err=True)
 
 
 @main.command(context_settings={"max_content_width": 100})
 @click.option(
-    "--listen",
-    default="127.0.0.1:7420",
+    "--demo",
+    is_flag=True,
+    help="Once up, start a few runs of the examples (label demo=true), so the console "
+    "has something to show.",
+)
+@_console_options
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_GRPC_PORT,
     show_default=True,
-    metavar="HOST:PORT",
-    help="Address to serve gRPC on (port 0 picks a free port).",
+    metavar="N",
+    help="Port the control plane serves gRPC on, on 127.0.0.1 (0 picks a free port).",
+)
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    metavar="DIR",
+    envvar="STATEPIPE_PATH",
+    type=click.Path(file_okay=False),
+    help="A folder node code is imported from (as `statepipe server --path`); repeatable "
+    f"[env STATEPIPE_PATH, separated by {os.pathsep!r}].",
 )
 @click.option(
     "--examples/--no-examples",
@@ -1687,49 +2051,75 @@ def _register_examples(client: Client, verbose: bool) -> tuple[list[str], list[s
     show_default=True,
     help="Register the example workflows (examples/ of a source checkout).",
 )
-@click.option("--verbose", "-v", is_flag=True, help="Say why an example was skipped.")
 @_executor_options
 @_server_database_option
 @_handle_errors
-def up(listen: str, examples: bool, verbose: bool) -> None:
-    """Start everything on this machine: embedded Postgres, the control plane, examples.
+def up(
+    demo: bool,
+    host: str,
+    port: int,
+    show: bool,
+    grpc_port: int,
+    paths: tuple[str, ...],
+    examples: bool,
+) -> None:
+    """Start everything on this machine: embedded Postgres, the control plane with the
+    example workflows, and the web console, in this one process.
 
-    The server listens on --listen (default 127.0.0.1:7420); other statepipe
-    commands on this machine find it by themselves, and remote ones can use
-    --server HOST:PORT. The web console is not available yet: use `statepipe
-    ls`, `inspect` and `logs` meanwhile. Ctrl-C or SIGTERM stops it; runs in
-    flight are taken over at the next start.
+    \b
+    stdout: statepipe server listening on 127.0.0.1:7420   (gRPC, --grpc-port)
+            console: http://127.0.0.1:8080                  (once it listens)
+
+    Other statepipe commands on this machine find the control plane by themselves;
+    `--server 127.0.0.1:7420` reaches it too. Ctrl-C or SIGTERM stops all of it,
+    the embedded Postgres included; runs in flight are taken over at the next start.
     """
     from statepipe import _local
     from statepipe.client import Client
 
     _refuse_server_option("up")
+    if demo and not examples:
+        raise click.UsageError("--demo runs the examples; it cannot go with --no-examples")
     database_url = _setting("database_url")
+    _check_console_port(host, port)
     _configure_logging()
     _local.load_paths()
-    plane = _local.LocalPlane(listen=listen, database_url=database_url, **_executor_config())
+    _first_postgres_note(database_url)
+    plane = _local.LocalPlane(
+        listen=f"127.0.0.1:{grpc_port}",
+        database_url=database_url,
+        paths=[str(Path(p).resolve()) for p in paths],
+        **_executor_config(),
+    )
     registration = _local.Registration(plane.address, database_url, role="up")
-    stop = threading.Event()
+    stopping, listening = threading.Event(), threading.Event()
+    helper: threading.Thread | None = None
     try:
-        with Client(plane.address) as client:
-            if examples:
-                registered, skipped = _register_examples(client, verbose)
-                if registered:
-                    click.echo(f"registered examples: {', '.join(registered)}", err=True)
-                for line in skipped if verbose else ():
-                    click.echo(f"skipped example {line}", err=True)
-        # Before saying it listens: a SIGTERM right after that line stops it gracefully.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+        # Before saying it listens: a SIGTERM right after that line stops it cleanly.
+        _stop_on_signals()
+        registered = []
+        if examples:
+            with Client(plane.address) as client:
+                registered = _register_examples(client)
         _out(f"statepipe server listening on {plane.address}")
-        click.echo(
-            "the web console is not available yet: use statepipe ls / inspect / logs "
-            f"(or --server {plane.address} from elsewhere). Ctrl-C stops.",
-            err=True,
+        thread = threading.Thread(
+            target=_keep_up,
+            args=(plane, registration, registered if demo else None, listening, stopping),
+            name="statepipe-up",
+            daemon=True,
         )
-        while not stop.wait(1.0):
-            registration.add_runs(plane.owned_runs())
+        with _signals_blocked():  # a _Stop now would leave it started but not joined
+            thread.start()
+            helper = thread
+        click.echo("Ctrl-C stops it all", err=True)
+        _serve_console(plane.address, host, port, show, listening)
+    except _Stop:
+        pass
     finally:
+        _ignore_signals()
+        stopping.set()
+        if helper is not None:
+            helper.join(10)
         registration.remove()
         _stop_plane(plane)
     _exit(EXIT_OK)

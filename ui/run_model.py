@@ -75,6 +75,11 @@ class RunModel:
         """``callback(events)`` with the events that arrived since the last flush."""
         self._event_listeners.append(callback)
 
+    def off_events(self, callback: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Stops calling ``callback`` (a view that was removed)."""
+        if callback in self._event_listeners:
+            self._event_listeners.remove(callback)
+
     def on_run(self, callback: Callable[[], None]) -> None:
         """``callback()`` after the run's own fields changed (status, error, output)."""
         self._run_listeners.append(callback)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sp_cli import REPO, cli, run_command
+from sp_cli import REPO, cli, free_port, run_command
 from sp_testing import layered_nodes, py, spawn_server, wait_for
 
 #: The console script pip installs (what `statepipe` on a user's PATH runs).
@@ -390,7 +390,8 @@ def test_up_and_server_offer_no_server_option(env: dict[str, str]) -> None:
         assert "--database-url" in options
     # STATEPIPE_SERVER in the environment (for the other commands) does not stop `up`.
     up = subprocess.Popen(
-        [sys.executable, "-m", "statepipe", "up", "--listen", "127.0.0.1:0", "--no-examples"],
+        [sys.executable, "-m", "statepipe", "up", "--grpc-port", "0", "--port", str(free_port()),
+         "--no-examples"],
         env=dict(env, STATEPIPE_SERVER="127.0.0.1:1"), cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip

@@ -31,3 +31,12 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """``python -m statepipe ...`` from `cwd` (the repository root unless told)."""
     return run_command([sys.executable, "-m", "statepipe", *args], env, cwd, timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (right now)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -209,7 +209,14 @@ class LogView:
     # -- entries
 
     def events_added(self, events: list[dict[str, Any]]) -> None:
+        if self.box.is_deleted:
+            self.detach()
+            return
         self._add(events, render=True)
+
+    def detach(self) -> None:
+        """Stops following the model (the view is being replaced)."""
+        self.model.off_events(self.events_added)
 
     def _add(self, events: Iterable[dict[str, Any]], *, render: bool) -> None:
         touched: dict[int, _Entry] = {}

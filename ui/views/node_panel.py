@@ -27,6 +27,7 @@ from ui.console import Console
 from ui.run_model import CALL_KINDS, Attempt, RunModel
 from ui.theme import status_chip, time_label
 from ui.views.json_view import json_view
+from ui.views.log import LogView
 from ui.views.trace import attempts_of, call_duration_ms, call_name, duration_ms, merge_calls
 
 log = logging.getLogger("statepipe.ui")
@@ -271,6 +272,9 @@ class NodePanel:
         with self.drawer, ui.column().classes("w-full gap-1 p-4"):
             self.body = ui.refreshable(self._render)
             self.body()
+            # The node's own live log: outside the body, so a re-render keeps its scroll.
+            self.log_box = ui.column().classes("w-full gap-1")
+        self.log: LogView | None = None
         model.on_nodes(self._nodes_changed)
         # The run's status decides which controls the panel offers.
         model.on_run(lambda: self._refresh_now() if self.is_open else None)
@@ -281,8 +285,11 @@ class NodePanel:
 
     async def open(self, node_id: str) -> None:
         """Shows ``node_id`` in the drawer (and opens it)."""
+        changed = node_id != self.node_id
         self.node_id = node_id
         self.drawer.show()
+        if changed or self.log is None:
+            self._open_log(node_id)
         await self._load_spec()
         await self._load_calls(node_id)
         self._maybe_refetch()
@@ -291,6 +298,14 @@ class NodePanel:
     def close(self) -> None:
         self.drawer.hide()
         self.node_id = None
+
+    def _open_log(self, node_id: str) -> None:
+        if self.log is not None:
+            self.log.detach()
+        self.log_box.clear()
+        with self.log_box:
+            _section("Log")
+            self.log = LogView(self.model, node_id=node_id, max_entries=500, height="320px")
 
     async def retry(self, node_id: str) -> None:
         """Runs a failed (cancelled, skipped) node again; the result comes by the stream."""
@@ -437,9 +452,9 @@ class NodePanel:
                 and self.model.run["status"] in CONTROLS["retry_node"]
             ):
                 node_id = node["node_id"]
-                ui.button(
-                    "Retry node", icon="replay", on_click=lambda: self.retry(node_id)
-                ).props("outline dense no-caps color=primary").mark("control-retry-node")
+                ui.button("Retry node", icon="replay", on_click=lambda: self.retry(node_id)).props(
+                    "outline dense no-caps color=primary"
+                ).mark("control-retry-node")
         started, finished = node.get("started_at"), node.get("finished_at")
         _kv(
             [
