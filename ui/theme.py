@@ -57,6 +57,14 @@ _CSS = """
 .sp-bar > span { display: block; height: 100%; }
 .sp-kv td { padding: 1px 10px 1px 0; vertical-align: top; }
 .sp-kv td:first-child { opacity: .65; white-space: nowrap; }
+body.body--dark .jse-main {
+  --jse-background-color: #1e1f22; --jse-text-color: #d4d4d4; --jse-panel-background: #2a2b2e;
+  --jse-key-color: #9cdcfe; --jse-value-color: #d4d4d4; --jse-value-color-string: #ce9178;
+  --jse-value-color-number: #b5cea8; --jse-value-color-boolean: #569cd6;
+  --jse-value-color-null: #c586c0; --jse-delimiter-color: #8c8c8c;
+  --jse-selection-background-color: #264f78; --jse-hover-background-color: #2a2d2e;
+  --jse-main-border: 1px solid #3c3c3c; --jse-collapsed-items-background-color: #333;
+}
 body.body--dark .sp-card { border-color: rgba(255,255,255,.12); }
 .ag-theme-quartz, .ag-root-wrapper { font-size: 13px; }
 .sp-log { border: 1px solid rgba(127,127,127,.25); border-radius: 6px; padding: 6px 8px;

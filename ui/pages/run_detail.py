@@ -285,6 +285,9 @@ class RunPage:
         self.model.flush()
 
     async def watch(self) -> None:
+        # The page (10,000 rows for a big run) goes out first; the replay follows.
+        await self.client.connected()
+
         def opened() -> Any:
             return self.console.client.watch(
                 self.run_id, after_seq=self.model.last_seq, follow_forever=True

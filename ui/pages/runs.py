@@ -219,10 +219,10 @@ def grid_options(filters: Filters) -> dict[str, Any]:
     sort_key = filters.sort.lstrip("-")
     direction = "desc" if filters.sort.startswith("-") else "asc"
     columns = [
-        _column("status", "Status", _STATUS_RENDERER, width=108),
+        _column("status", "Status", _STATUS_RENDERER, width=122),
         _column("id", "Run", _ID_RENDERER, width=112),
-        _column("workflow", "Workflow", _WORKFLOW_RENDERER, width=165),
-        _column("labels", "Labels", _LABELS_RENDERER, width=125),
+        _column("workflow", "Workflow", _WORKFLOW_RENDERER, width=158),
+        _column("labels", "Labels", _LABELS_RENDERER, width=118),
         _column("created_at", "Created", _TIME_RENDERER, width=128),
         _column("started_at", "Started", _TIME_RENDERER, width=100),
         _column("duration", "Duration", _DURATION_RENDERER, width=98),

@@ -179,11 +179,15 @@ def node_datum(
     now: float,
 ) -> dict[str, Any]:
     """The graph series data item of one node."""
+    status = node.get("status") or "PENDING"
     return {
         "name": node["node_id"],
         "x": position[0],
         "y": position[1],
-        "itemStyle": {"color": status_color(node.get("status") or "PENDING")},
+        # NiceGUI's on_point_click reads the clicked item's value: without one, a click
+        # raises KeyError on the server and never selects.
+        "value": status,
+        "itemStyle": {"color": status_color(status)},
         "tip": node_tooltip(node, attempts, now),
     }
 
@@ -333,7 +337,7 @@ class GraphView:
         summary_rows: ``{level: ui.html}`` of the level summary (empty with a chart).
     """
 
-    def __init__(self, model: RunModel, on_select: Callable[[str], None]) -> None:
+    def __init__(self, model: RunModel, on_select: Callable[[str], Any]) -> None:
         self.model = model
         self._on_select = on_select
         self.chart: ui.echart | None = None
@@ -426,6 +430,8 @@ class GraphView:
             if content != row.content:
                 row.set_content(content)
 
-    def _clicked(self, e: events.EChartPointClickEventArguments) -> None:
+    def _clicked(self, e: events.EChartPointClickEventArguments) -> Any:
+        # Returned, so NiceGUI awaits an async on_select (the page's select is one).
         if e.data_type != "edge" and e.name in self.model.nodes:
-            self._on_select(e.name)
+            return self._on_select(e.name)
+        return None

@@ -54,7 +54,6 @@ def node_row(node: dict[str, Any]) -> dict[str, Any]:
         "finished_at": node["finished_at"],
         "tokens": tokens or None,
         "error": (node["error"] or "").splitlines()[0][:300] if node["error"] else "",
-        "after": ", ".join(node.get("after") or ()),
     }
 
 
@@ -99,7 +98,7 @@ class NodeTable:
                         {
                             "field": "attempt",
                             "headerName": "Attempt",
-                            "width": 90,
+                            "width": 110,
                             "filter": "agNumberColumnFilter",
                         },
                         {
@@ -119,10 +118,9 @@ class NodeTable:
                         {
                             "field": "tokens",
                             "headerName": "Tokens",
-                            "width": 90,
+                            "width": 110,
                             "filter": "agNumberColumnFilter",
                         },
-                        {"field": "after", "headerName": "After", "flex": 1, "minWidth": 100},
                         {
                             "field": "error",
                             "headerName": "Error",

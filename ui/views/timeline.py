@@ -315,7 +315,7 @@ class TimelineView:
         note: The label saying rows were cut (or that nothing has been queued yet).
     """
 
-    def __init__(self, model: RunModel, on_select: Callable[[str], None]) -> None:
+    def __init__(self, model: RunModel, on_select: Callable[[str], Any]) -> None:
         self.model = model
         self._on_select = on_select
         self._segments: dict[str, list[Segment]] = {}
@@ -401,6 +401,8 @@ class TimelineView:
             )
         return ""
 
-    def _clicked(self, e: events.EChartPointClickEventArguments) -> None:
+    def _clicked(self, e: events.EChartPointClickEventArguments) -> Any:
+        # Returned, so NiceGUI awaits an async on_select (the page's select is one).
         if e.name in self.model.nodes:
-            self._on_select(e.name)
+            return self._on_select(e.name)
+        return None
