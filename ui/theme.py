@@ -57,6 +57,8 @@ _CSS = """
 .sp-bar > span { display: block; height: 100%; }
 .sp-kv td { padding: 1px 10px 1px 0; vertical-align: top; }
 .sp-kv td:first-child { opacity: .65; white-space: nowrap; }
+.sp-tab-hidden { position: absolute !important; top: 0; left: -20000px; visibility: hidden;
+                 pointer-events: none; }
 body.body--dark .jse-main {
   --jse-background-color: #1e1f22; --jse-text-color: #d4d4d4; --jse-panel-background: #2a2b2e;
   --jse-key-color: #9cdcfe; --jse-value-color: #d4d4d4; --jse-value-color-string: #ce9178;

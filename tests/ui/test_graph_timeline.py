@@ -117,6 +117,7 @@ def test_diamond_layout_puts_b_and_c_in_level_1_and_d_in_level_2():
     assert [d["name"] for d in drawn] == ["a", "b", "c", "d"]
     assert {(link["source"], link["target"]) for link in series["links"]} == set(placed.edges)
     assert {d["itemStyle"]["color"] for d in drawn} == {STATUS_COLORS["PENDING"]}
+    assert all("value" in d for d in drawn)  # NiceGUI's on_point_click needs one
     # Two invisible corners keep the box from being flat: a chain has one row.
     chain = {n["node_id"]: n for n in [node("x"), node("y", "x")]}
     x0, y0, x1, y1 = layout(chain, [["x"], ["y"]]).bounds
@@ -200,10 +201,14 @@ async def test_views_show_the_run_and_follow_its_events():
     views: dict[str, Any] = {}
     selected: list[str] = []
 
+    async def select_later(node_id: str) -> None:
+        await asyncio.sleep(0)
+        selected.append(node_id)
+
     def root() -> None:
         model = RunModel(diamond_run())
         views["model"] = model
-        views["graph"] = GraphView(model, selected.append)
+        views["graph"] = GraphView(model, select_later)  # the page's select is async
         views["timeline"] = TimelineView(model, selected.append)
 
     async with user_simulation(root) as user:
@@ -248,6 +253,7 @@ async def test_views_show_the_run_and_follow_its_events():
             ]
         )
         model.flush()
+        await asyncio.sleep(0.4)  # the views send at most 4 updates a second
 
         colors = {
             d["name"]: d["itemStyle"]["color"]
@@ -287,23 +293,27 @@ async def test_views_show_the_run_and_follow_its_events():
         assert len([c for c in sent if f"runMethod({graph.chart.id}," in c]) == before
 
         # A click on a node or on a segment selects the node; one on an edge does not.
-        def click(name: str, data_type: str | None) -> dict[str, Any]:
+        def click(item: dict[str, Any], data_type: str | None) -> dict[str, Any]:
             return {
                 "componentType": "series",
                 "seriesType": "graph",
                 "seriesIndex": 0,
                 "seriesName": "",
-                "name": name,
+                "name": item["name"],
                 "dataIndex": 0,
-                "data": {},
+                "data": item,
                 "dataType": data_type,
-                "value": None,
+                "value": item["value"],
             }
 
-        user.find(marker="run-graph").trigger("componentClick", click("c", "node"))
-        user.find(marker="run-graph").trigger("componentClick", click("a > b", "edge"))
-        user.find(marker="run-timeline").trigger("componentClick", click("b", None))
-        assert selected == ["c", "b"]
+        nodes_data = graph.chart.options["series"][0]["data"]
+        segment = timeline.chart.options["series"][0]["data"][2]
+        user.find(marker="run-graph").trigger("componentClick", click(nodes_data[2], "node"))
+        edge = {"name": "a > b", "source": "a", "target": "b", "value": None}
+        user.find(marker="run-graph").trigger("componentClick", click(edge, "edge"))
+        user.find(marker="run-timeline").trigger("componentClick", click(segment, None))
+        await asyncio.sleep(0.05)
+        assert sorted(selected) == ["b", "c"]  # the edge click selected nothing
 
 
 async def test_graph_of_many_nodes_shows_the_level_summary():
@@ -326,6 +336,7 @@ async def test_graph_of_many_nodes_shows_the_level_summary():
         ev = Events()
         model.apply([ev.status("n3", "RUNNING", 1), ev.status("n4", "FAILED", 2)])
         model.flush()
+        await asyncio.sleep(0.4)  # the views send at most 4 updates a second
         row = graph.summary_rows[1].content
         assert "1 failed" in row and "1 running" in row and "1003 pending" in row
         assert STATUS_COLORS["FAILED"] in row

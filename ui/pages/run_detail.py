@@ -101,6 +101,7 @@ class RunPage:
         self.connection = connection
         self.run_id = model.run["run_id"]
         self.tab = tab
+        self.path = f"/runs/{self.run_id}"
         self.built: set[str] = set()
         self.flush = Coalescer(model.flush, delay_s=0.05)
         self.refetch_pending = False
@@ -120,27 +121,38 @@ class RunPage:
             self.payloads()
         self.model.on_run(self._run_changed)
         with (
-            ui.tabs(value=self.tab, on_change=lambda e: self._open_tab(e.value))
+            ui.tabs(value=self.tab, on_change=lambda e: self._switch_tab(e.value))
             .classes("w-full")
-            .props("dense align=left inline-label no-caps") as tabs
+            .props("dense align=left inline-label no-caps")
         ):
             ui.tab("graph", "Graph", icon="account_tree")
             ui.tab("timeline", "Timeline", icon="view_timeline")
             ui.tab("nodes", f"Nodes ({len(self.model.nodes):,})", icon="table_rows")
             ui.tab("trace", "Trace", icon="segment")
             ui.tab("log", "Live log", icon="terminal")
-        with (
-            ui.tab_panels(tabs, value=self.tab)
-            .classes("w-full bg-transparent")
-            .props("keep-alive animated=false")
-        ):
+        # Panels stay mounted and keep their size when hidden (moved off-screen, not
+        # display:none): charts and grids are never torn down or resized to zero.
+        with ui.element("div").classes("w-full relative sp-tab-panels"):
             self.panels = {}
             for name in TABS:
-                self.panels[name] = ui.tab_panel(name).classes("p-0 pt-2")
+                panel = ui.element("div").classes("w-full pt-2").mark(f"panel-{name}")
+                if name != self.tab:
+                    panel.classes("sp-tab-hidden")
+                self.panels[name] = panel
         self._open_tab(self.tab)
+
+    def _switch_tab(self, name: str) -> None:
+        self._open_tab(name)
+        # The tab is in the address, so a reload or a shared link opens it.
+        ui.navigate.history.replace(f"{self.path}?tab={name}")
 
     def _open_tab(self, name: str) -> None:
         self.tab = name
+        for other, panel in self.panels.items():
+            if other == name:
+                panel.classes(remove="sp-tab-hidden")
+            else:
+                panel.classes(add="sp-tab-hidden")
         if name in self.built:
             return
         self.built.add(name)

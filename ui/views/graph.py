@@ -30,6 +30,7 @@ from typing import Any
 from nicegui import events, ui
 
 from ui.run_model import Attempt, RunModel
+from ui.streams import Coalescer
 from ui.theme import status_color
 from ui.views.timeline import format_duration, parse_ms, run_clock
 
@@ -350,7 +351,10 @@ class GraphView:
             self._build_summary()
         else:
             self._build_chart()
-        model.on_nodes(self.nodes_changed)
+        # Each update re-sends the series (ECharts replaces data whole): at most 4/s.
+        self._changed: dict[str, None] = {}
+        self._push = Coalescer(self._send_changes, delay_s=0.25)
+        model.on_nodes(self._queue_changes)
 
     @property
     def summary_mode(self) -> bool:
@@ -385,6 +389,14 @@ class GraphView:
                     self.summary_rows[counts.level] = ui.html(
                         level_row_html(counts), sanitize=False
                     ).classes("w-full")
+
+    def _queue_changes(self, node_ids: Iterable[str]) -> None:
+        self._changed.update(dict.fromkeys(node_ids))
+        self._push.poke()
+
+    def _send_changes(self) -> None:
+        changed, self._changed = list(self._changed), {}
+        self.nodes_changed(changed)
 
     def nodes_changed(self, node_ids: Iterable[str]) -> None:
         """Updates the colours and tooltips of changed nodes with one partial
