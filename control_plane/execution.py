@@ -95,6 +95,8 @@ class ExecutionMixin:
                     result = await self.scheduler.executor.run(task, ctx)
                     ctx.running({})  # an executor that never said where it ran
             except TimeoutError:
+                if not deadline.expired():
+                    raise  # the node's own TimeoutError: a failure like any other
                 ctx.cancel()
                 ctx.flush()
                 raise NodeFailure(f"timed out after {spec.timeout_ms} ms", retry=True) from None

@@ -1911,6 +1911,7 @@ def console_command(host: str, port: int, show: bool) -> None:
 
 #: What `up --demo` starts once up: (workflow name, input), for the examples registered.
 DEMO_RUNS: list[tuple[str, Any]] = [
+    ("storyteller", {"topic": "the sea", "words": 400}),
     ("montecarlo", {"samples": 400_000, "seed": 1}),
     ("etl", {}),
     ("agent", {"question": "what is (17 + 4) * 3?"}),

@@ -183,19 +183,19 @@ def test_up_demo_serves_everything_and_sigterm_leaves_nothing_behind(
 
     with Client(address) as client:
         names = {w.name for w in client.list_workflows()}
-        assert {"montecarlo", "etl", "agent"} <= names, names
+        assert {"montecarlo", "etl", "agent", "storyteller"} <= names, names
         deadline = time.monotonic() + 30
-        while len(demo := client.list_runs(labels={"demo": "true"})) < 3:
+        while len(demo := client.list_runs(labels={"demo": "true"})) < 6:
             assert time.monotonic() < deadline, "no demo runs"
             time.sleep(0.1)
-        assert {r.workflow_name for r in demo} == {"montecarlo", "etl", "agent"}
+        assert {r.workflow_name for r in demo} == {"montecarlo", "etl", "agent", "storyteller"}
     # Every process `up` has: its children, and the embedded Postgres (a daemon of its own).
     ours = psutil.Process(proc.pid).children(recursive=True) + _processes_using(private_home)
     assert any("postgres" in p.name() for p in ours), ours
 
     code, err = stop(proc)
     assert code == 0, err
-    assert "registered examples: agent@1, etl@1, montecarlo@1" in err, err
+    assert "registered examples: agent@1, etl@1, montecarlo@1, storyteller@1" in err, err
     assert "Traceback" not in err, err
     _, alive = psutil.wait_procs(ours, timeout=5)
     assert not alive, alive

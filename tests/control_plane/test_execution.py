@@ -273,3 +273,19 @@ def test_start_up_objects_are_frozen_out_of_the_garbage_collectors_walks(server:
     # --only latency: no 20 ms full collections in the middle of a dispatch).
     assert gc.get_freeze_count() > 10_000
     assert gc.get_threshold()[0] >= GC_GEN0_THRESHOLD
+
+
+def test_a_timeout_error_raised_by_node_code_is_its_own_failure_not_the_node_timeout(
+    client: Client,
+) -> None:
+    node = {
+        "id": "t",
+        "kind": "python",
+        "params": {"callable": "sp_ui:raises_timeout"},
+        "timeout_ms": 60_000,
+    }
+    run = client.wait(client.start_run({"name": "own-timeout", "nodes": [node]}), timeout=60)
+    assert run.status == "FAILED"
+    error = run.node("t").error
+    assert "the upstream call timed out" in error and "timed out after" not in error
+    assert "TimeoutError: the upstream call timed out" in run.node("t").traceback

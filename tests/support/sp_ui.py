@@ -26,3 +26,8 @@ def fail_with_context(ctx: Any, reason: str = "the upstream API said no") -> Non
 
 def _call_upstream(reason: str) -> None:
     raise RuntimeError(reason)
+
+
+def raises_timeout(ctx: Any) -> None:
+    """Node code whose own call timed out (not the node's timeout_ms)."""
+    raise TimeoutError("the upstream call timed out")

@@ -55,6 +55,13 @@ def _duration_ms(run: dict[str, Any]) -> float | None:
     return (end - start).total_seconds() * 1000
 
 
+def _since_ms(iso: str) -> float:
+    from datetime import UTC, datetime
+
+    start = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return (datetime.now(UTC) - start).total_seconds() * 1000
+
+
 def format_duration(ms: float | None) -> str:
     if ms is None:
         return "—"
@@ -197,7 +204,10 @@ class RunPage:
             with ui.column().classes("gap-0"):
                 ui.label("duration").classes("sp-muted text-xs")
                 if run.get("started_at") and not run.get("finished_at"):
-                    ui.label("…").classes("sp-ticking").props(f'data-start="{run["started_at"]}"')
+                    # Ticks in the browser (theme.py's sp.tickDurations).
+                    ui.label(format_duration(_since_ms(run["started_at"]))).classes(
+                        "sp-ticking"
+                    ).props(f'data-start="{run["started_at"]}"')
                 else:
                     ui.label(format_duration(_duration_ms(run)))
             with ui.column().classes("gap-0"):

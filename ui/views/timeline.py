@@ -35,6 +35,13 @@ from ui.theme import STATUS_COLORS, status_color
 
 MAX_ROWS = 500
 HEIGHT = "480px"
+
+
+def chart_height(rows: int) -> str:
+    """Room for the rows (about 30 px each, plus the axes), at most HEIGHT."""
+    return f"{min(480, max(160, 90 + 30 * rows))}px"
+
+
 VISIBLE_ROWS = 24  # rows in the initial y window; the slider scrolls the rest
 LABEL_CHARS = 20
 
@@ -332,7 +339,7 @@ class TimelineView:
             self.chart = (
                 ui.echart(timeline_options(self._rows, self._data()), on_point_click=self._clicked)
                 .classes("w-full")
-                .style(f"height: {HEIGHT}")
+                .style(f"height: {chart_height(len(model.nodes))}")
                 .mark("run-timeline")
             )
         # Each update re-sends the series (ECharts replaces data whole): at most 4/s.
