@@ -638,6 +638,7 @@ def test_load_target_of_each_example() -> None:
         ("montecarlo.py", "montecarlo", 9),
         ("agent.py", "agent", 4),
         ("etl.yaml", "etl", 6),
+        ("storyteller.py", "storyteller", 3),
     ]:
         spec, got = load_target(str(EXAMPLES / file))
         assert got == name and spec is not None and len(spec["nodes"]) == count
@@ -763,3 +764,17 @@ def test_agent_example_takes_one_branch(client: Client) -> None:
     assert look.node("calculate").status == "SKIPPED"
     assert look.output["answer"]["tool"] == "search"
     assert "Frank Herbert" in look.output["answer"]["answer"]
+
+
+def test_storyteller_example_streams_reports_usage_and_retries(client: Client) -> None:
+    spec, name = load_target(str(EXAMPLES / "storyteller.py"))
+    assert spec is not None
+    client.register_workflow(spec)
+    run = client.wait(client.start_run(name, {"topic": "tides", "words": 12}), timeout=60)
+    assert run.status == "SUCCEEDED", run.error
+    assert run.output == {"review": {"words": 12, "sentences": 1, "verdict": "ship it"}}
+    assert run.node("review").attempt == 2
+    tokens = [e.message for e in client.watch(run.run_id) if e.kind == "token"]
+    assert len(tokens) == 24 + 12
+    assert run.usage["gen_ai.usage.output_tokens"] == 36
+    assert run.usage["cost_usd"] > 0
