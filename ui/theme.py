@@ -94,6 +94,12 @@ body.body--dark .sp-card { border-color: rgba(255,255,255,.12); }
 _JS = """
 <script>
 window.sp = window.sp || {};
+// Every value a grid renders as HTML goes through this: labels, errors and outputs are
+// whatever a node or a caller wrote.
+sp.esc = function (value) {
+  return String(value ?? '').replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;',
+    '"': '&quot;', "'": '&#39;'})[c]);
+};
 sp.fmtTime = function (iso) {
   if (!iso) return '';
   const d = new Date(iso);

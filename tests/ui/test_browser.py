@@ -205,3 +205,32 @@ def test_an_unknown_run_is_a_not_found_page(console_process: ConsoleProcess, pag
     page.goto(console_process.url + "/runs/no-such-run")
     page.get_by_text("Run not found").wait_for(timeout=10_000)
     shot(page, "run-not-found")
+
+
+def test_html_in_labels_errors_and_outputs_is_shown_as_text_never_run(
+    server, console_process: ConsoleProcess, page: Any
+) -> None:
+    evil = '<img src=x onerror="window.__sp_xss=1">'
+    with Client(server.address) as client:
+        run_id = client.start_run(
+            {
+                "name": "evil",
+                "version": "1",
+                "nodes": [
+                    {
+                        "id": "n",
+                        "kind": "python",
+                        "params": {"callable": "sp_nodes:boom", "args": {"message": evil}},
+                    }
+                ],
+            },
+            labels={"x": evil},
+        )
+        wait_status(client, run_id, "FAILED")
+    pages = ["/", *(f"/runs/{run_id}?tab={tab}" for tab in ("nodes", "log", "trace", "graph"))]
+    for path in [*pages, f"/runs/{run_id}/nodes/n"]:
+        page.goto(console_process.url + path)
+        page.get_by_text(evil).first.wait_for(timeout=10_000)
+        page.wait_for_timeout(500)
+        assert page.evaluate("() => window.__sp_xss") is None, path
+        assert page.locator("img[src=x]").count() == 0, path

@@ -142,20 +142,22 @@ _COLORS = json.dumps(STATUS_COLORS)
 
 _STATUS_RENDERER = f"""(p) => {{
   const c = {_COLORS}[p.value] || '#9e9e9e';
-  return `<span class="sp-status" data-status="${{p.value}}" style="background:${{c}};color:#fff">`
-       + `${{(p.value || '').toLowerCase().replace('_', ' ')}}</span>`;
+  return `<span class="sp-status" data-status="${{sp.esc(p.value)}}" `
+       + `style="background:${{c}};color:#fff">`
+       + `${{sp.esc((p.value || '').toLowerCase().replace('_', ' '))}}</span>`;
 }}"""
 
-_ID_RENDERER = """(p) => `<a class="sp-mono" href="/runs/${p.value}" title="${p.value}"
-  onclick="event.stopPropagation()">${p.value.slice(0, 8)}</a>
+_ID_RENDERER = """(p) => `<a class="sp-mono" href="/runs/${encodeURIComponent(p.value)}"
+  title="${sp.esc(p.value)}" onclick="event.stopPropagation()">${sp.esc(p.value.slice(0, 8))}</a>
   <span class="material-icons sp-copy" title="copy run id"
     style="font-size:14px;cursor:pointer;opacity:.5;vertical-align:middle">content_copy</span>`"""
 
-_WORKFLOW_RENDERER = """(p) => `${p.value} <span style="opacity:.55">v${p.data.version}</span>`"""
+_WORKFLOW_RENDERER = """(p) =>
+  `${sp.esc(p.value)} <span style="opacity:.55">v${sp.esc(p.data.version)}</span>`"""
 
 _LABELS_RENDERER = """(p) => Object.entries(p.value || {}).map(([k, v]) =>
   `<span class="sp-mono" style="border:1px solid rgba(127,127,127,.4);border-radius:4px;`
-  + `padding:0 4px;margin-right:3px;font-size:11px">${k}=${v}</span>`).join('')"""
+  + `padding:0 4px;margin-right:3px;font-size:11px">${sp.esc(k)}=${sp.esc(v)}</span>`).join('')"""
 
 _TIME_RENDERER = (
     """(p) => p.value ? `<span title="${sp.utc(p.value)}">${sp.fmtTime(p.value)}</span>` : ''"""
@@ -184,10 +186,10 @@ _COUNTS_RENDERER = f"""(p) => {{
 }}"""
 
 _SUMMARY_RENDERER = """(p) => {
-  const title = p.value.replace(/"/g, '&quot;');
+  const text = sp.esc(p.value);
   return p.data.failed
-    ? `<span style="color:#e53935" title="${title}">${p.value}</span>`
-    : `<span class="sp-mono" style="opacity:.8" title="${title}">${p.value}</span>`;
+    ? `<span style="color:#e53935" title="${text}">${text}</span>`
+    : `<span class="sp-mono" style="opacity:.8" title="${text}">${text}</span>`;
 }"""
 
 _USAGE_RENDERER = """(p) => {

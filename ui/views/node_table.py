@@ -21,7 +21,7 @@ _COLORS = json.dumps(STATUS_COLORS)
 _STATUS = f"""(p) => {{
   const c = {_COLORS}[p.value] || '#9e9e9e';
   return `<span class="sp-status" style="background:${{c}};color:#fff">`
-       + `${{(p.value || '').toLowerCase().replace('_', ' ')}}</span>`;
+       + `${{sp.esc((p.value || '').toLowerCase().replace('_', ' '))}}</span>`;
 }}"""
 _TIME = """(p) => p.value ? `<span title="${sp.utc(p.value)}">${sp.fmtTime(p.value)}</span>` : ''"""
 _DURATION = """(p) => {
@@ -33,8 +33,8 @@ _DURATION_VALUE = """(p) => {
   const s = p.data.started_at, f = p.data.finished_at;
   return s ? (f ? Date.parse(f) : Date.now()) - Date.parse(s) : null;
 }"""
-_ERROR = """(p) => p.value ? `<span style="color:#e53935" title="${p.value.replace(/"/g,
-  '&quot;')}">${p.value}</span>` : ''"""
+_ERROR = """(p) => p.value
+  ? `<span style="color:#e53935" title="${sp.esc(p.value)}">${sp.esc(p.value)}</span>` : ''"""
 
 
 def node_row(node: dict[str, Any]) -> dict[str, Any]:
