@@ -234,3 +234,34 @@ def test_html_in_labels_errors_and_outputs_is_shown_as_text_never_run(
         page.wait_for_timeout(500)
         assert page.evaluate("() => window.__sp_xss") is None, path
         assert page.locator("img[src=x]").count() == 0, path
+
+
+def test_clicking_a_column_header_sorts_on_the_server_and_keeps_it_in_the_url(
+    server, console_process: ConsoleProcess, page: Any
+) -> None:
+    with Client(server.address) as client:
+        ids = {}
+        for name in ("b-flow", "a-flow", "c-flow"):
+            ids[name] = client.start_run(
+                {"name": name, "version": "1", "nodes": [{"id": "x", "kind": "noop"}]}
+            )
+        for run_id in ids.values():
+            wait_status(client, run_id, "SUCCEEDED")
+    page.goto(console_process.url + "/")
+    page.locator(f'.ag-row[row-id="{ids["a-flow"]}"]').wait_for(timeout=10_000)
+    page.locator('.ag-header-cell[col-id="workflow"]').click()
+    page.wait_for_url(re.compile(r"sort=workflow_name"), timeout=10_000)
+    page.wait_for_function(
+        """(first) => document.querySelector('.ag-center-cols-container .ag-row[row-index="0"]')
+            ?.getAttribute('row-id') === first""",
+        arg=ids["a-flow"],
+        timeout=10_000,
+    )
+    page.locator('.ag-header-cell[col-id="workflow"]').click()
+    page.wait_for_url(re.compile(r"sort=-workflow_name"), timeout=10_000)
+    page.wait_for_function(
+        """(first) => document.querySelector('.ag-center-cols-container .ag-row[row-index="0"]')
+            ?.getAttribute('row-id') === first""",
+        arg=ids["c-flow"],
+        timeout=10_000,
+    )
