@@ -77,3 +77,43 @@ def test_bench_list_runs_quick() -> None:
         assert case in proc.stdout, report
     assert proc.stdout.count("x baseline") == 27, report  # 14 orders, 13 filter cases
     assert "Traceback" not in proc.stderr, report
+
+
+CONSOLE_EXPECTED = {
+    "dashboard-latency": ["run_status event ts -> painted         p50 ", "p99 "],
+    "dashboard-100k": [
+        "runs written with COPY",
+        "first paint of /",
+        "?status=FAILED",
+        "?sort=-duration_ms",
+        "?sort=workflow_name",
+        "search box, typed",
+        "the same less the debounce",
+    ],
+    "detail-10k": [
+        "?tab=nodes: first rows painted",
+        "?tab=trace: first rows painted",
+        "?tab=nodes: filter",
+    ],
+    "tokens": ["token emitted -> painted", "seen in the page"],
+}
+
+
+@pytest.mark.timeout(300)
+def test_bench_console_quick() -> None:
+    """bench/bench_console.py: Postgres, a server and a console process, headless Chromium."""
+    import os
+
+    if not Path("/usr/bin/chromium").exists():
+        if os.environ.get("CI"):
+            pytest.fail("/usr/bin/chromium is missing: .ci/run installs Debian's chromium")
+        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)")
+    proc, report = run_bench("bench_console.py", "--hard-timeout", "240")
+    for section, needles in CONSOLE_EXPECTED.items():
+        assert f"[{section}] " in proc.stdout, f"no [{section}] header\n{report}"
+        for needle in needles:
+            assert needle in proc.stdout, f"section {section}: no {needle!r}\n{report}"
+    # One "target ... ratio" line per figure: 2 + 6 + 5 + 2.
+    assert proc.stdout.count("  ratio ") == 15, report
+    assert "total " in proc.stdout, report
+    assert "Traceback" not in proc.stderr, report

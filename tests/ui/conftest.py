@@ -6,20 +6,28 @@ plane (embedded Postgres, loopback port 0) and yields a nicegui.testing.User.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from nicegui import core, ui
+from nicegui import app, core, ui
+from nicegui.storage import Storage
 from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
 from nicegui.testing.user import User
 from sp_console import CHROMIUM, CHROMIUM_ARGS, ConsoleProcess
 
-pytest_plugins = ["nicegui.testing.general_fixtures"]
+# Per-browser storage of simulated users goes to a temporary folder, not ./.nicegui
+# (what nicegui.testing's plugin does; a plugin can only be named in the top conftest).
+Storage.path = Path(tempfile.mkdtemp(prefix="statepipe-nicegui-storage-")).resolve()
+atexit.register(shutil.rmtree, Storage.path, ignore_errors=True)
+app.storage = Storage()
 
 
 @contextlib.asynccontextmanager

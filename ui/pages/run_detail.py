@@ -20,6 +20,7 @@ from nicegui import context, ui
 from statepipe.client import StatepipeError
 from statepipe_api.lifecycle import CONTROLS, FINAL_RUN
 from ui.console import Console, probe
+from ui.format import duration_ms, format_duration, since_ms
 from ui.frame import frame
 from ui.pages.not_found import not_found
 from ui.run_model import RunModel
@@ -43,37 +44,6 @@ _CONTROL_LABELS = {
     "interrupt": ("Interrupt", "front_hand"),
     "cancel": ("Cancel", "cancel"),
 }
-
-
-def _duration_ms(run: dict[str, Any]) -> float | None:
-    from datetime import datetime
-
-    if not run.get("started_at") or not run.get("finished_at"):
-        return None
-    start = datetime.fromisoformat(run["started_at"].replace("Z", "+00:00"))
-    end = datetime.fromisoformat(run["finished_at"].replace("Z", "+00:00"))
-    return (end - start).total_seconds() * 1000
-
-
-def _since_ms(iso: str) -> float:
-    from datetime import UTC, datetime
-
-    start = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    return (datetime.now(UTC) - start).total_seconds() * 1000
-
-
-def format_duration(ms: float | None) -> str:
-    if ms is None:
-        return "—"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    s = ms / 1000
-    if s < 60:
-        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
-    m, r = divmod(int(s), 60)
-    if m < 60:
-        return f"{m}m {r:02d}s"
-    return f"{m // 60}h {m % 60:02d}m"
 
 
 def preview(value: Any, limit: int = 90) -> str:
@@ -205,11 +175,13 @@ class RunPage:
                 ui.label("duration").classes("sp-muted text-xs")
                 if run.get("started_at") and not run.get("finished_at"):
                     # Ticks in the browser (theme.py's sp.tickDurations).
-                    ui.label(format_duration(_since_ms(run["started_at"]))).classes(
+                    ui.label(format_duration(since_ms(run["started_at"]))).classes(
                         "sp-ticking"
                     ).props(f'data-start="{run["started_at"]}"')
                 else:
-                    ui.label(format_duration(_duration_ms(run)))
+                    ui.label(
+                        format_duration(duration_ms(run.get("started_at"), run.get("finished_at")))
+                    )
             with ui.column().classes("gap-0"):
                 ui.label("nodes").classes("sp-muted text-xs")
                 counts = run.get("node_counts") or {}

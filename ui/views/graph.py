@@ -29,10 +29,11 @@ from typing import Any
 
 from nicegui import events, ui
 
+from ui.format import format_duration, parse_ms
 from ui.run_model import Attempt, RunModel
 from ui.streams import Coalescer
 from ui.theme import status_color
-from ui.views.timeline import format_duration, parse_ms, run_clock
+from ui.views.timeline import run_clock
 
 MAX_GRAPH_NODES = 1000
 MAX_SUMMARY_LEVELS = 500
@@ -155,9 +156,9 @@ def node_tooltip(node: Mapping[str, Any], attempts: Sequence[Attempt], now: floa
     duration = ""
     if started is not None:
         if finished is not None:
-            duration = format_duration(finished - started)
+            duration = format_duration(finished - started, empty="")
         elif status == "RUNNING":
-            duration = format_duration(now - started) + " so far"
+            duration = format_duration(now - started, empty="") + " so far"
     error = (node.get("error") or "").strip()
     lines = [
         f"<b>{html.escape(node['node_id'])}</b>",

@@ -24,11 +24,12 @@ from statepipe.client import StatepipeError
 from statepipe_api.convert import spec_to_dict
 from statepipe_api.lifecycle import CONTROLS, FINAL_NODE, RESETTABLE_NODE
 from ui.console import Console
+from ui.format import duration_ms, format_duration
 from ui.run_model import CALL_KINDS, Attempt, RunModel
 from ui.theme import status_chip, time_label
 from ui.views.json_view import json_view
 from ui.views.log import LogView
-from ui.views.trace import attempts_of, call_duration_ms, call_name, duration_ms, merge_calls
+from ui.views.trace import attempts_of, call_duration_ms, call_name, merge_calls
 
 log = logging.getLogger("statepipe.ui")
 
@@ -79,21 +80,6 @@ PLACEMENT_LABELS: dict[str, str] = {
 # -- formatting (pure)
 
 
-def format_ms(ms: float | None) -> str:
-    """A duration for people: 850 ms, 2.41 s, 3m 05s, 1h 02m; "—" when unknown."""
-    if ms is None:
-        return "—"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    s = ms / 1000
-    if s < 60:
-        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
-    m, r = divmod(int(s), 60)
-    if m < 60:
-        return f"{m}m {r:02d}s"
-    return f"{m // 60}h {m % 60:02d}m"
-
-
 def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -118,9 +104,9 @@ def usage_value(key: str, value: Any) -> str:
     if "cost" in key:
         return f"${value:,.4f}" if "usd" in key.lower() else f"{value:,.4f}"
     if key.endswith("_ms"):
-        return format_ms(value)
+        return format_duration(value)
     if key.startswith("gen_ai.server.") or key.endswith(("_s", "_seconds")):
-        return format_ms(value * 1000)  # OpenTelemetry durations are in seconds
+        return format_duration(value * 1000)  # OpenTelemetry durations are in seconds
     if isinstance(value, int) or value.is_integer():
         return f"{int(value):,}"
     return f"{value:,.4g}"
@@ -163,9 +149,9 @@ def retry_text(retry: dict[str, Any] | None) -> str:
     text = f"up to {attempts} attempts"
     backoff = retry.get("backoff_ms")
     if backoff:
-        text += f", {retry.get('strategy') or 'fixed'} backoff from {format_ms(backoff)}"
+        text += f", {retry.get('strategy') or 'fixed'} backoff from {format_duration(backoff)}"
         if retry.get("max_backoff_ms"):
-            text += f" (at most {format_ms(retry['max_backoff_ms'])})"
+            text += f" (at most {format_duration(retry['max_backoff_ms'])})"
     if retry.get("jitter"):
         text += f", jitter ±{float(retry['jitter']):.0%}"
     return text
@@ -189,7 +175,10 @@ def policy_rows(node_spec: dict[str, Any], spec: dict[str, Any]) -> list[tuple[s
     concurrency key (with the key's limit from the workflow's concurrency limits)."""
     rows = [
         ("Retry", retry_text(node_spec.get("retry"))),
-        ("Timeout", format_ms(node_spec["timeout_ms"]) if node_spec.get("timeout_ms") else "none"),
+        (
+            "Timeout",
+            format_duration(node_spec["timeout_ms"]) if node_spec.get("timeout_ms") else "none",
+        ),
         ("Resources", resources_text(node_spec.get("resources"))),
     ]
     key = node_spec.get("concurrency_key")
@@ -470,7 +459,7 @@ class NodePanel:
         if start and not end and status == "RUNNING":
             ui.label("…").classes("sp-ticking").props(f'data-start="{start}"')
         else:
-            ui.label(format_ms(duration_ms(start, end)))
+            ui.label(format_duration(duration_ms(start, end)))
 
     @staticmethod
     def _error(error: str, traceback: str) -> None:
@@ -489,9 +478,9 @@ class NodePanel:
             with ui.row().classes("items-center gap-2"):
                 ui.label(f"attempt {attempt.attempt}").classes("font-semibold text-sm")
                 status_chip(attempt.status)
-                ui.label(format_ms(duration_ms(attempt.started_at, attempt.finished_at))).classes(
-                    "sp-muted text-sm"
-                )
+                ui.label(
+                    format_duration(duration_ms(attempt.started_at, attempt.finished_at))
+                ).classes("sp-muted text-sm")
             rows: list[tuple[str, Callable[[], Any] | str, str]] = [
                 ("Queued", lambda: time_label(attempt.queued_at), ""),
                 ("Started", lambda: time_label(attempt.started_at), ""),
@@ -537,7 +526,7 @@ class NodePanel:
         data = event.get("data") or {}
         ms = call_duration_ms(data)
         caption = " · ".join(
-            p for p in (event["kind"], format_ms(ms) if ms is not None else "") if p
+            p for p in (event["kind"], format_duration(ms) if ms is not None else "") if p
         )
         expansion = (
             ui.expansion(call_name(event), caption=caption, icon="build")

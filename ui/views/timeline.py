@@ -23,12 +23,12 @@ from __future__ import annotations
 import dataclasses
 import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from nicegui import events, ui
 
 from statepipe_api.lifecycle import FINAL_RUN
+from ui.format import format_duration, now_ms, parse_ms
 from ui.run_model import Attempt, RunModel
 from ui.streams import Coalescer
 from ui.theme import STATUS_COLORS, status_color
@@ -80,42 +80,11 @@ _TOOLTIP_FORMATTER = "p => (p.data && p.data.tip) || ''"
 # -- time
 
 
-def parse_ms(ts: str | None) -> float | None:
-    """Milliseconds since the epoch of an RFC 3339 string (``None`` stays ``None``)."""
-    if not ts:
-        return None
-    moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp() * 1000.0
-
-
-def now_ms() -> float:
-    return datetime.now(UTC).timestamp() * 1000.0
-
-
 def run_clock(run: Mapping[str, Any]) -> float:
     """Where open segments end: now, or the run's end once it is over (a node left
     RUNNING by a run that finished must not grow forever)."""
     finished = parse_ms(run.get("finished_at")) if run.get("status") in FINAL_RUN else None
     return now_ms() if finished is None else finished
-
-
-def format_duration(ms: float | None) -> str:
-    """A short human duration: ``850 ms``, ``4.20 s``, ``3m 07s``, ``2h 05m``."""
-    if ms is None:
-        return ""
-    ms = max(ms, 0.0)
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    s = ms / 1000
-    if s < 60:
-        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
-    m, r = divmod(int(s), 60)
-    if m < 60:
-        return f"{m}m {r:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h {m:02d}m"
 
 
 # -- segments
@@ -226,7 +195,7 @@ def timeline_rows(first_times: Mapping[str, float], limit: int = MAX_ROWS) -> tu
 def segment_datum(node_id: str, row: int, segment: Segment) -> dict[str, Any]:
     """The custom series data item of one segment (tooltip text included)."""
     phase = PHASES.index(segment.phase)
-    duration = format_duration(segment.end - segment.start)
+    duration = format_duration(segment.end - segment.start, empty="")
     if segment.open:
         duration += " so far"
     lines = [

@@ -18,13 +18,13 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, MutableSequence
-from datetime import datetime
 from typing import Any
 
 from nicegui import events, ui
 
 from statepipe.client import StatepipeError
 from ui.console import Console
+from ui.format import duration_ms
 from ui.run_model import CALL_KINDS, Attempt, RunModel
 from ui.theme import STATUS_COLORS
 
@@ -117,23 +117,6 @@ def grid_options(rows: list[Row]) -> dict[str, Any]:
 
 
 # -- rows (pure: a model in, row dicts out)
-
-
-def parse_time(iso: str | None) -> datetime | None:
-    if not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def duration_ms(start: str | None, end: str | None) -> float | None:
-    """Milliseconds from ``start`` to ``end`` (RFC 3339); None unless both are set."""
-    a, b = parse_time(start), parse_time(end)
-    if a is None or b is None:
-        return None
-    return round((b - a).total_seconds() * 1000, 3)
 
 
 def first_line(text: str | None, limit: int = 300) -> str:

@@ -1,0 +1,51 @@
+"""Times and durations as the console shows them (one place for every page and view)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def parse_time(ts: str | None) -> datetime | None:
+    """An RFC 3339 string (``...Z``) as an aware datetime; None stays None."""
+    if not ts:
+        return None
+    moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse_ms(ts: str | None) -> float | None:
+    """Milliseconds since the epoch of an RFC 3339 string (None stays None)."""
+    moment = parse_time(ts)
+    return None if moment is None else moment.timestamp() * 1000.0
+
+
+def now_ms() -> float:
+    return datetime.now(UTC).timestamp() * 1000.0
+
+
+def duration_ms(start: str | None, end: str | None) -> float | None:
+    """Milliseconds from ``start`` to ``end``; None unless both are set."""
+    a, b = parse_ms(start), parse_ms(end)
+    return None if a is None or b is None else round(b - a, 3)
+
+
+def since_ms(start: str) -> float:
+    """Milliseconds from ``start`` until now."""
+    return now_ms() - (parse_ms(start) or now_ms())
+
+
+def format_duration(ms: float | None, empty: str = "—") -> str:
+    """A duration for people: ``850 ms``, ``4.20 s``, ``3m 07s``, ``2h 05m``."""
+    if ms is None:
+        return empty
+    ms = max(ms, 0.0)
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    s = ms / 1000
+    if s < 60:
+        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
+    m, r = divmod(int(s), 60)
+    if m < 60:
+        return f"{m}m {r:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"
