@@ -267,3 +267,19 @@ async def test_retry_node_runs_a_failed_node_again_from_its_panel(
         run = await client.get_run(run_id)
         assert run.status == "SUCCEEDED" and run.node("flaky").attempt == 2
         await console_user.should_not_see(marker="control-retry-node")
+
+
+async def test_a_big_runs_rows_are_not_inside_the_page_but_sent_to_the_grid(
+    console_user: User, server
+) -> None:
+    nodes = [{"id": f"n{i:04d}", "kind": "noop"} for i in range(2000)]
+    async with AsyncClient(server.address) as client:
+        run_id = await client.start_run({"name": "wide", "version": "1", "nodes": nodes})
+        await finished(client, run_id)
+    response = await console_user.http_client.get(f"/runs/{run_id}?tab=nodes")
+    assert response.status_code == 200
+    assert len(response.text) < 200_000, len(response.text)  # 2,000 rows would be ~250 KB
+    await console_user.open(f"/runs/{run_id}?tab=nodes")
+    grid = next(iter(console_user.find(marker="nodes-grid").elements))
+    assert len(grid.options["rowData"]) == 2000
+    assert grid._to_dict()["props"]["options"]["rowData"] == []

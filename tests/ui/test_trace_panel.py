@@ -16,7 +16,7 @@ from nicegui.testing.user_simulation import user_simulation
 from statepipe.client import AsyncClient
 from ui.console import Console
 from ui.run_model import RunModel
-from ui.views.json_view import MAX_TREE_CHARS, json_view
+from ui.views.json_view import MAX_TEXT_CHARS, MAX_TREE_CHARS, json_view
 from ui.views.node_panel import (
     NodePanel,
     final_key,
@@ -467,11 +467,13 @@ async def test_expanding_an_attempt_the_model_has_no_calls_of_fetches_them(serve
 
 async def test_json_view_shows_null_scalars_trees_and_truncated_text():
     big = {"text": "x" * (MAX_TREE_CHARS + 10)}
+    huge = {"text": "y" * (MAX_TEXT_CHARS + 10)}
 
     def root() -> None:
         json_view(None, label="nothing")
         json_view({"a": [1, 2]}, label="small")
         json_view(big, label="big")
+        json_view(huge, label="huge")
         json_view("plain", label="scalar")
 
     async with user_simulation(root) as user:
@@ -482,11 +484,14 @@ async def test_json_view_shows_null_scalars_trees_and_truncated_text():
         editor = editors.pop()
         assert editor.properties["readOnly"] is True and editor.properties["mode"] == "tree"
         assert editor.properties["content"] == {"json": {"a": [1, 2]}}
-        await user.should_see(marker="json-truncated")
-        code = user.find(ui.code).elements.pop()
-        assert len(code.content) < MAX_TREE_CHARS + 10
+        # Past MAX_TREE_CHARS: text, not a tree; past MAX_TEXT_CHARS: cut, and said so.
+        notes = [e.text for e in user.find(marker="json-truncated").elements]
+        assert len(notes) == 2 and sum("copy takes all of it" in n for n in notes) == 1
+        texts = [e.content for e in user.find(ui.html).elements]
+        assert any("x" * MAX_TREE_CHARS in t for t in texts)
+        assert all(len(t) < MAX_TEXT_CHARS + 200 for t in texts)
         await user.should_see('"plain"')
-        assert len(user.find(marker="json-copy").elements) == 4
+        assert len(user.find(marker="json-copy").elements) == 5
 
 
 async def test_node_panel_follows_its_node_without_a_control_plane():

@@ -207,13 +207,26 @@ class RunPage:
         with ui.row().classes("w-full gap-4 no-wrap"):
             for name, icon, value in (("Input", "input", run.get("input")),
                                       ("Output", "output", run.get("output"))):  # fmt: skip
-                with (
+                expansion = (
                     ui.expansion(name, icon=icon, caption=preview(value))
                     .classes("w-1/2 sp-card")
                     .props("dense header-class=text-sm")
                     .mark(f"run-{name.lower()}")
-                ):
-                    json_view(value, label=name.lower())
+                )
+                # Built when first opened: a large payload costs nothing until asked for.
+                expansion.on_value_change(
+                    lambda e, box=expansion, v=value, n=name: (
+                        self._fill(box, v, n) if e.value else None
+                    )
+                )
+
+    @staticmethod
+    def _fill(box: ui.expansion, value: Any, name: str) -> None:
+        if getattr(box, "_filled", False):
+            return
+        box._filled = True  # type: ignore[attr-defined]
+        with box:
+            json_view(value, label=name.lower())
 
     def _controls(self, status: str) -> None:
         for action, (label, icon) in _CONTROL_LABELS.items():

@@ -8,13 +8,18 @@ editor re-sends its whole content with every update and builds a node per value.
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Any
 
 from nicegui import ui
 
-# Above this many characters of indented JSON the viewer shows text, not a tree.
-MAX_TREE_CHARS = 200_000
+# Above this many characters of indented JSON the viewer shows text, not a tree: the
+# editor builds reactive state per value in the browser (a 1,400-key output held the
+# page for seconds), while a <pre> of the same text costs nothing.
+MAX_TREE_CHARS = 20_000
+# Text beyond this is cut (the copy button still copies all of it).
+MAX_TEXT_CHARS = 200_000
 
 
 def to_json(value: Any) -> str:
@@ -50,13 +55,15 @@ def json_view(value: Any, *, label: str = "", expand_depth: int = 2) -> ui.eleme
                 "json-scalar"
             )
         elif len(text) > MAX_TREE_CHARS:
-            ui.label(
-                f"{len(text) / 1000:,.0f} KB of JSON: showing the first "
-                f"{MAX_TREE_CHARS // 1000} KB (copy takes all of it)"
-            ).classes("sp-muted text-xs").mark("json-truncated")
-            ui.code(text[:MAX_TREE_CHARS] + "\n…", language="json").classes(
-                "w-full max-h-96 overflow-auto"
-            )
+            shown = text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + "\n…"
+            note = f"{len(text) / 1000:,.0f} KB of JSON, as text"
+            if len(text) > MAX_TEXT_CHARS:
+                note += f": the first {MAX_TEXT_CHARS // 1000} KB (copy takes all of it)"
+            ui.label(note).classes("sp-muted text-xs").mark("json-truncated")
+            ui.html(
+                f'<pre class="sp-log-pre" style="margin:0">{html.escape(shown)}</pre>',
+                sanitize=False,
+            ).classes("sp-mono w-full").style("max-height: 420px; overflow: auto")
         else:
             editor = (
                 ui.json_editor(

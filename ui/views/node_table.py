@@ -12,6 +12,7 @@ from typing import Any
 
 from nicegui import ui
 
+from ui.grid import RowGrid
 from ui.run_model import RunModel
 from ui.streams import Coalescer
 from ui.theme import STATUS_COLORS
@@ -78,7 +79,7 @@ class NodeTable:
             ).mark("nodes-filter")
             ui.label(f"{len(model.nodes):,} nodes").classes("sp-muted text-xs")
         self.grid = (
-            ui.aggrid(
+            RowGrid(
                 {
                     "columnDefs": [
                         {

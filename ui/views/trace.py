@@ -20,11 +20,12 @@ import logging
 from collections.abc import Callable, MutableSequence
 from typing import Any
 
-from nicegui import events, ui
+from nicegui import events
 
 from statepipe.client import StatepipeError
 from ui.console import Console
 from ui.format import duration_ms
+from ui.grid import RowGrid
 from ui.run_model import CALL_KINDS, Attempt, RunModel
 from ui.theme import STATUS_COLORS
 
@@ -402,7 +403,7 @@ class TraceView:
         # Attempts that were expanded and turned out to have no calls.
         self.childless: set[str] = set()
         self.grid = (
-            ui.aggrid(grid_options(initial_rows(model)))
+            RowGrid(grid_options(initial_rows(model)))
             .classes("w-full sp-trace")
             .style("height: 70vh; min-height: 360px")
             .mark("trace-grid")
