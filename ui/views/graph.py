@@ -214,8 +214,7 @@ def graph_options(
         links.append(link)
     return {
         "backgroundColor": "transparent",
-        "animation": count <= 300,
-        "animationDurationUpdate": 200,
+        "animation": False,  # a live graph recolours often; a tween per change only lags
         "tooltip": {"trigger": "item", "confine": True, ":formatter": _TOOLTIP_FORMATTER},
         "series": [
             {
