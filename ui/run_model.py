@@ -127,10 +127,16 @@ class RunModel:
             self._new_events.append(event)
             kind = event["kind"]
             if event["seq"] <= self.snapshot_seq:
+                # History: attempts and calls change (views that show them redraw),
+                # statuses stay as the snapshot has them.
                 if kind == "node_status":
                     self._attempt_status(event)
                 elif kind in CALL_KINDS and event["node_id"] in self.nodes:
                     self._attempt(event["node_id"], event["attempt"]).calls.append(event)
+                else:
+                    continue
+                if event["node_id"] in self.nodes:
+                    self._changed_nodes[event["node_id"]] = None
                 continue
             if kind == "node_status":
                 self._node_status(event)

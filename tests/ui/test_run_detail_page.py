@@ -283,3 +283,28 @@ async def test_a_big_runs_rows_are_not_inside_the_page_but_sent_to_the_grid(
     grid = next(iter(console_user.find(marker="nodes-grid").elements))
     assert len(grid.options["rowData"]) == 2000
     assert grid._to_dict()["props"]["options"]["rowData"] == []
+
+
+def test_replayed_history_tells_the_views_which_nodes_gained_attempts() -> None:
+    run = {
+        "run_id": "r",
+        "status": "SUCCEEDED",
+        "last_seq": 3,
+        "node_counts": {"SUCCEEDED": 1},
+        "nodes": [{"node_id": "a", "status": "SUCCEEDED", "attempt": 2, "after": []}],
+    }
+    model = RunModel(run)
+    seen: list[list[str]] = []
+    model.on_nodes(seen.append)
+    model.apply(
+        [
+            {"seq": s, "ts": f"2026-01-01T00:00:0{s}.000Z", "kind": "node_status",
+             "node_id": "a", "attempt": a, "status": st, "message": "", "level": "",
+             "data": None}
+            for s, a, st in ((1, 1, "RUNNING"), (2, 1, "RETRY_WAIT"), (3, 2, "RUNNING"))
+        ]
+    )  # fmt: skip
+    model.flush()
+    assert seen == [["a"]]
+    assert model.nodes["a"]["status"] == "SUCCEEDED"
+    assert [a.attempt for a in model.attempts["a"]] == [1, 2]

@@ -90,7 +90,7 @@ def grid_options(rows: list[Row]) -> dict[str, Any]:
                 "name", "Name", 3, 240, **{":cellRenderer": _NAME, ":valueGetter": _NAME_VALUE}
             ),
             _column("kind", "Kind", 1, 90),
-            _column("status", "Status", 1, 110, **{":cellRenderer": _STATUS}),
+            _column("status", "Status", 1, 130, **{":cellRenderer": _STATUS}),
             _column(
                 "start",
                 "Start",
