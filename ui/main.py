@@ -54,6 +54,7 @@ def run_console(
         # Per-browser settings live under $STATEPIPE_HOME, not in the working directory.
         home = Path(os.environ.get("STATEPIPE_HOME") or "~/.statepipe").expanduser()
         Storage.path = home / "console"
+    Storage.path.mkdir(parents=True, exist_ok=True)  # NiceGUI makes only the last level
     ui.run(
         # Signs the per-browser storage that keeps the dark/light choice; a new one
         # per process is enough for that (STATEPIPE_UI_SECRET keeps it across restarts).

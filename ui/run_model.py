@@ -45,6 +45,8 @@ class RunModel:
         # Statuses in `run` are as of this seq: replaying older events fills in the
         # attempts and the log but must not move a node back to an old status.
         self.snapshot_seq: int = run.get("last_seq") or 0
+        # Seq of the run_status event that last made the run final (0: none seen live).
+        self.final_seq = 0
         self.run: dict[str, Any] = {k: v for k, v in run.items() if k != "nodes"}
         self.nodes: dict[str, dict[str, Any]] = {n["node_id"]: n for n in nodes}
         self.attempts: dict[str, list[Attempt]] = {n: [] for n in self.nodes}
@@ -234,6 +236,7 @@ class RunModel:
             self.run["started_at"] = ts
         if status in FINAL_RUN:
             self.run["finished_at"] = ts
+            self.final_seq = event["seq"]
         else:
             self.run["finished_at"] = None
         if status == "FAILED":

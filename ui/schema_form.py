@@ -11,6 +11,7 @@ each error at the field it is about.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -206,6 +207,8 @@ class _Field:
         if kind in ("number", "integer"):
             if value is None:
                 return _ABSENT
+            if not math.isfinite(value):
+                raise _Unparsable("expected a finite number")
             return int(value) if float(value).is_integer() and abs(value) < 2**53 else value
         if kind == "boolean":
             present = self._touched or self.required or "default" in self.schema

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -83,3 +86,32 @@ class ConsoleProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.stdout.read() if self.proc.stdout else ""
+
+
+@contextlib.asynccontextmanager
+async def console_user_of(address: str) -> AsyncIterator[Any]:
+    """A simulated browser user of a console wired to the control plane at `address`."""
+    from nicegui import core, ui
+    from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
+    from nicegui.testing.user import User
+
+    from ui.main import setup
+
+    # The console's not-found page replaces NiceGUI's 404 handler, which
+    # nicegui_reset_globals does not restore: put it back for the next test.
+    handlers = dict(core.app.exception_handlers)
+    with nicegui_reset_globals():
+        os.environ["NICEGUI_USER_SIMULATION"] = "true"
+        try:
+            prepare_simulation()
+            setup(address)
+            ui.run(storage_secret="test secret")
+            async with core.app.router.lifespan_context(core.app):
+                async with httpx.AsyncClient(
+                    transport=httpx.ASGITransport(core.app), base_url="http://test"
+                ) as http:
+                    yield User(http)
+        finally:
+            os.environ.pop("NICEGUI_USER_SIMULATION", None)
+            core.app.exception_handlers.clear()
+            core.app.exception_handlers.update(handlers)

@@ -31,3 +31,10 @@ def _call_upstream(reason: str) -> None:
 def raises_timeout(ctx: Any) -> None:
     """Node code whose own call timed out (not the node's timeout_ms)."""
     raise TimeoutError("the upstream call timed out")
+
+
+def log_lines(ctx: Any, n: int = 1000) -> int:
+    """Logs `n` numbered lines."""
+    for i in range(n):
+        ctx.log(f"line {i}")
+    return n

@@ -7,7 +7,6 @@ plane (embedded Postgres, loopback port 0) and yields a nicegui.testing.User.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import shutil
 import tempfile
@@ -15,44 +14,17 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from nicegui import app, core, ui
+from nicegui import app
 from nicegui.storage import Storage
-from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
 from nicegui.testing.user import User
-from sp_console import CHROMIUM, CHROMIUM_ARGS, ConsoleProcess
+from sp_console import CHROMIUM, CHROMIUM_ARGS, ConsoleProcess, console_user_of
 
 # Per-browser storage of simulated users goes to a temporary folder, not ./.nicegui
 # (what nicegui.testing's plugin does; a plugin can only be named in the top conftest).
 Storage.path = Path(tempfile.mkdtemp(prefix="statepipe-nicegui-storage-")).resolve()
 atexit.register(shutil.rmtree, Storage.path, ignore_errors=True)
 app.storage = Storage()
-
-
-@contextlib.asynccontextmanager
-async def console_user_of(address: str) -> AsyncIterator[User]:
-    """A simulated browser user of a console wired to the control plane at `address`."""
-    from ui.main import setup
-
-    # The console's not-found page replaces NiceGUI's 404 handler, which
-    # nicegui_reset_globals does not restore: put it back for the next test.
-    handlers = dict(core.app.exception_handlers)
-    with nicegui_reset_globals():
-        os.environ["NICEGUI_USER_SIMULATION"] = "true"
-        try:
-            prepare_simulation()
-            setup(address)
-            ui.run(storage_secret="test secret")
-            async with core.app.router.lifespan_context(core.app):
-                async with httpx.AsyncClient(
-                    transport=httpx.ASGITransport(core.app), base_url="http://test"
-                ) as http:
-                    yield User(http)
-        finally:
-            os.environ.pop("NICEGUI_USER_SIMULATION", None)
-            core.app.exception_handlers.clear()
-            core.app.exception_handlers.update(handlers)
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conftest import console_user_of
 from nicegui import ElementFilter
-from sp_console import free_port
+from sp_console import console_user_of, free_port
 
 from statepipe.client import AsyncClient
 from ui.pages.run_detail import RunPage

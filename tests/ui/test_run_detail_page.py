@@ -308,3 +308,61 @@ def test_replayed_history_tells_the_views_which_nodes_gained_attempts() -> None:
     assert seen == [["a"]]
     assert model.nodes["a"]["status"] == "SUCCEEDED"
     assert [a.attempt for a in model.attempts["a"]] == [1, 2]
+
+
+async def test_a_long_log_shows_its_newest_lines_and_stays_bounded(
+    console_user: User, server
+) -> None:
+    spec = {
+        "name": "chatter",
+        "version": "1",
+        "nodes": [
+            {"id": "talk", "kind": "python",
+             "params": {"callable": "sp_ui:log_lines", "args": {"n": 6000}}},
+        ],
+    }  # fmt: skip
+    async with AsyncClient(server.address) as client:
+        run_id = await client.start_run(spec)
+        await finished(client, run_id)
+    for path in (f"/runs/{run_id}?tab=log", f"/runs/{run_id}/nodes/talk"):
+        await console_user.open(path)
+        for box in list(console_user.find(marker="log-box").elements):
+
+            def text(b: Any = box) -> str:
+                return " ".join(getattr(e, "content", "") or "" for e in b.descendants())
+
+            await eventually(lambda: "line 5999" in text())
+            lines = [e for e in box.descendants() if "sp-log-line" in e.classes]
+            assert len(lines) <= 2000, (path, len(lines))
+            assert "run" in text() or path.endswith("talk")
+
+
+async def test_clicking_a_node_table_row_opens_its_panel(console_user: User, server) -> None:
+    async with AsyncClient(server.address) as client:
+        run_id = await client.start_run(FAILING)
+        await finished(client, run_id)
+    await console_user.open(f"/runs/{run_id}?tab=nodes")
+    page = the_page(console_user)
+    # What AG Grid sends for a click on the row (the browser side is not simulated).
+    click = type("Click", (), {"args": {"data": {"id": "transform"}, "colId": "kind"}})()
+    await page.views["nodes"]._clicked(click)
+    assert page.panel.is_open and page.panel.node_id == "transform"
+
+
+async def test_the_output_appears_when_a_resumed_run_ends_again(console_user: User, server) -> None:
+    spec = {
+        "name": "comeback",
+        "version": "1",
+        "nodes": [
+            {"id": "flaky", "kind": "python",
+             "params": {"callable": "sp_nodes:fail_until", "args": {"succeed_on": 2}}},
+        ],
+    }  # fmt: skip
+    async with AsyncClient(server.address) as client:
+        run_id = await client.start_run(spec)
+        await finished(client, run_id)
+        await console_user.open(f"/runs/{run_id}")
+        page = the_page(console_user)
+        await eventually(lambda: page.model.last_seq > 0)
+        await client.resume(run_id)
+        await eventually(lambda: page.model.run.get("output") == {"flaky": 2})

@@ -80,9 +80,10 @@ class RunPage:
         self.tab = tab
         self.path = f"/runs/{self.run_id}"
         self.built: set[str] = set()
+        self.views: dict[str, Any] = {}  # tab -> its view, once built
         self.flush = Coalescer(model.flush, delay_s=0.05)
         self.refetch_pending = False
-        self.final_seen = model.run["status"] in FINAL_RUN
+        self.fetched_final_seq = 0  # the final status whose output was fetched
 
     # -- layout
 
@@ -136,15 +137,15 @@ class RunPage:
         select: Callable[[str], Any] = self.select
         with self.panels[name]:
             if name == "graph":
-                GraphView(self.model, select)
+                self.views[name] = GraphView(self.model, select)
             elif name == "timeline":
-                TimelineView(self.model, select)
+                self.views[name] = TimelineView(self.model, select)
             elif name == "nodes":
-                NodeTable(self.model, select)
+                self.views[name] = NodeTable(self.model, select)
             elif name == "trace":
-                TraceView(self.model, self.console, select)
+                self.views[name] = TraceView(self.model, self.console, select)
             elif name == "log":
-                LogView(self.model)
+                self.views[name] = LogView(self.model)
 
     async def select(self, node_id: str) -> None:
         await self.panel.open(node_id)
@@ -153,8 +154,10 @@ class RunPage:
         run = self.model.run
         with ui.row().classes("w-full items-center gap-3 no-wrap"):
             status_chip(run["status"]).classes("text-sm").mark("run-status")
-            with ui.link(target=f"/workflows/{run['workflow_name']}").classes(
-                "text-xl font-semibold no-underline"
+            with (
+                ui.link(target=f"/workflows/{run['workflow_name']}")
+                .classes("text-xl font-semibold no-underline truncate min-w-0")
+                .tooltip(run["workflow_name"])
             ):
                 ui.label(run["workflow_name"])
             ui.label(f"v{run['workflow_version']}").classes("sp-muted")
@@ -234,8 +237,8 @@ class RunPage:
                 continue
             color = "negative" if action == "cancel" else "primary"
             ui.button(label, icon=icon, on_click=lambda a=action: self.control(a)).props(
-                f"outline dense no-caps color={color}"
-            ).mark(f"control-{action}")
+                f"outline dense no-caps no-wrap color={color}"
+            ).classes("shrink-0").mark(f"control-{action}")
 
     # -- controls
 
@@ -275,12 +278,11 @@ class RunPage:
     def _run_changed(self) -> None:
         self.header.refresh()
         final = self.model.run["status"] in FINAL_RUN
-        if final and not self.final_seen:
-            # The output, usage and node inputs are not in events: fetch them once.
-            self.final_seen = True
+        if final and self.model.final_seq > self.fetched_final_seq:
+            # Each time the run ends (again, after a resume or a node retry), fetch what
+            # events do not carry: the output, usage and node inputs.
+            self.fetched_final_seq = self.model.final_seq
             page_task(self._refetch(), "run-refetch", client=self.client)
-        elif not final:
-            self.final_seen = False
 
     async def _refetch(self) -> None:
         try:

@@ -156,7 +156,8 @@ _WORKFLOW_RENDERER = """(p) =>
   `${sp.esc(p.value)} <span style="opacity:.55">v${sp.esc(p.data.version)}</span>`"""
 
 _LABELS_RENDERER = """(p) => Object.entries(p.value || {}).map(([k, v]) =>
-  `<span class="sp-mono" style="border:1px solid rgba(127,127,127,.4);border-radius:4px;`
+  `<span class="sp-mono" title="${sp.esc(k)}=${sp.esc(v)}"`
+  + ` style="border:1px solid rgba(127,127,127,.4);border-radius:4px;`
   + `padding:0 4px;margin-right:3px;font-size:11px">${sp.esc(k)}=${sp.esc(v)}</span>`).join('')"""
 
 _TIME_RENDERER = (
@@ -423,27 +424,32 @@ class Dashboard:
             )
         if self.next_token is None:
             return
+        page, tokens = self.page, list(self.tokens)
         self.page += 1
         del self.tokens[self.page :]
         self.tokens.append(self.next_token)
-        await self._reload()
+        if not await self._reload():
+            self.page, self.tokens = page, tokens  # stay where the person was
 
     async def _prev(self) -> None:
         if self.page == 0:
             return
         self.page -= 1
-        await self._reload()
+        if not await self._reload():
+            self.page += 1
 
     async def _first_page(self) -> None:
         self.page = 0
         self.new_runs.visible = False
         await self._reload()
 
-    async def _reload(self) -> None:
+    async def _reload(self) -> bool:
         try:
             await self.load()
         except StatepipeError as err:
             ui.notify(f"could not load runs: {err.message}", type="negative")
+            return False
+        return True
 
     # -- live
 

@@ -20,6 +20,8 @@ from nicegui import ui
 from ui.run_model import RunModel
 from ui.theme import status_color
 
+# The view keeps this many times max_entries (for search); the page shows max_entries.
+KEEP_FACTOR = 5
 KINDS = ("log", "token", "node_status", "run_status", "tool_call", "api_call", "output", "other")
 
 
@@ -104,7 +106,9 @@ def render_event(event: dict[str, Any]) -> tuple[str, str]:
 class _Entry:
     """One line of the log, or the joined tokens of one node attempt."""
 
-    __slots__ = ("attempt", "element", "event", "kind", "node_id", "open", "pieces", "sent")
+    __slots__ = (
+        "attempt", "dropped", "element", "event", "kind", "node_id", "open", "pieces", "sent",
+    )  # fmt: skip
 
     def __init__(self, event: dict[str, Any]) -> None:
         self.event = event
@@ -113,6 +117,7 @@ class _Entry:
         self.attempt = event["attempt"]
         self.pieces: list[str] = []
         self.sent = 0  # pieces already in the browser
+        self.dropped = False  # forgotten: older than what the view keeps
         self.open = self.kind == "token"
         self.element: ui.element | None = None
 
@@ -239,11 +244,22 @@ class LogView:
             entry = _Entry(event)
             self.entries.append(entry)
             touched[id(entry)] = entry
-        if len(self.entries) > self.max_entries * 2:
-            self.entries = self.entries[-self.max_entries :]
+        keep = self.max_entries * KEEP_FACTOR
+        if len(self.entries) > keep:
+            # Forget the oldest (they leave the page too); search covers what is kept.
+            dropped, self.entries = self.entries[:-keep], self.entries[-keep:]
+            for entry in dropped:
+                entry.dropped = True
+                if entry.element is not None:
+                    entry.element.delete()
+                    entry.element = None
+                    self.shown -= 1
+                if entry.kind == "token":
+                    self.open_tokens.pop((entry.node_id, entry.attempt), None)
         if render:
             for entry in touched.values():
-                self._render(entry)
+                if not entry.dropped:
+                    self._render(entry)
             self._trim()
             self._count()
 
@@ -302,5 +318,6 @@ class LogView:
     def _count(self) -> None:
         total = len(self.entries)
         self.count_label.set_text(
-            f"{self.shown} of {total} entries" if self.shown != total else f"{total} entries"
-        )
+            f"newest {self.shown:,} of {total:,} entries" if self.shown != total
+            else f"{total:,} entries"
+        )  # fmt: skip

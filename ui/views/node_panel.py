@@ -464,9 +464,9 @@ class NodePanel:
     @staticmethod
     def _error(error: str, traceback: str) -> None:
         _section("Error")
-        ui.label(error).classes("sp-mono text-red-600 w-full").style("white-space: pre-wrap").mark(
-            "panel-error"
-        )
+        ui.label(error).classes("sp-mono text-red-600 w-full").style(
+            "white-space: pre-wrap; overflow-wrap: anywhere"
+        ).mark("panel-error")
         if traceback:
             TextElement(tag="pre", text=traceback).classes(
                 "sp-mono text-xs w-full overflow-auto max-h-72 p-2 rounded "
@@ -491,7 +491,7 @@ class NodePanel:
             _kv(rows)
             if attempt.error:
                 ui.label(attempt.error).classes("sp-mono text-red-600 text-sm").style(
-                    "white-space: pre-wrap"
+                    "white-space: pre-wrap; overflow-wrap: anywhere"
                 )
 
     def _policy(self, node_id: str) -> None:

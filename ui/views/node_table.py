@@ -6,6 +6,7 @@ A run's nodes are all in the page (GetRun), so AG Grid sorts and filters them it
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from typing import Any
@@ -147,10 +148,12 @@ class NodeTable:
         self.grid.on("cellClicked", self._clicked)
         model.on_nodes(self.nodes_changed)
 
-    def _clicked(self, event: Any) -> None:
+    async def _clicked(self, event: Any) -> None:
         node_id = ((event.args or {}).get("data") or {}).get("id")
         if node_id:
-            self.on_select(node_id)
+            result = self.on_select(node_id)
+            if inspect.isawaitable(result):
+                await result
 
     def nodes_changed(self, node_ids: list[str]) -> None:
         self.changed.update(dict.fromkeys(node_ids))
