@@ -366,3 +366,13 @@ async def test_the_output_appears_when_a_resumed_run_ends_again(console_user: Us
         await eventually(lambda: page.model.last_seq > 0)
         await client.resume(run_id)
         await eventually(lambda: page.model.run.get("output") == {"flaky": 2})
+
+
+def test_bidi_controls_in_a_log_line_are_shown_not_obeyed() -> None:
+    from ui.views.log import render_event
+
+    html_text, _ = render_event(
+        {"seq": 1, "ts": None, "kind": "log", "node_id": "n", "attempt": 1, "status": "",
+         "message": "abc\u202edef", "level": "info", "data": None}
+    )  # fmt: skip
+    assert "\u202e" not in html_text and "&lt;U+202E&gt;" in html_text

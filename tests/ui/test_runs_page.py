@@ -197,3 +197,12 @@ def test_a_row_sums_tokens_and_shows_cost_and_the_summary() -> None:
     assert row["tokens"] == 15 and row["cost"] == 0.25
     assert row["summary"] == '{"answer":42}'
     assert summary_of({**run, "error": "x failed\nTraceback"}) == "x failed"
+
+
+async def test_what_the_address_asks_for_that_is_no_filter_is_said(console_user: User) -> None:
+    await console_user.open("/?status=running,bogus&sort=nonsense&label=novalue")
+    await console_user.should_see("status 'bogus'", marker="runs-ignored")
+    await console_user.should_see("sort 'nonsense'", marker="runs-ignored")
+    await console_user.should_see("label 'novalue'", marker="runs-ignored")
+    await console_user.open("/?status=running")
+    await console_user.should_not_see(marker="runs-ignored")

@@ -45,12 +45,19 @@ class Filters:
     def __init__(
         self, status: str = "", workflow: str = "", label: str = "", q: str = "", sort: str = ""
     ) -> None:
-        self.statuses = [s for s in status.upper().split(",") if s in RUN_STATUSES]
+        given = [s.strip() for s in status.upper().split(",") if s.strip()]
+        self.statuses = [s for s in given if s in RUN_STATUSES]
+        # What the address asked for that is not a filter or sort: said, not hidden.
+        self.ignored = [f"status {s.lower()!r}" for s in given if s not in RUN_STATUSES]
         self.workflow = workflow.strip()
         self.labels = parse_labels(label)
         self.text = q.strip()
         key = sort.lstrip("-")
         self.sort = sort if key in SORTABLE.values() else DEFAULT_SORT
+        if sort and key not in SORTABLE.values():
+            self.ignored.append(f"sort {sort!r}")
+        self.ignored += [f"label {p.strip()!r} (not key=value)" for p in label.split(",")
+                         if p.strip() and "=" not in p]  # fmt: skip
 
     def query(self) -> str:
         params = {
@@ -274,6 +281,12 @@ class Dashboard:
 
     def build(self) -> None:
         self._filter_bar()
+        if self.filters.ignored:
+            ui.label(
+                "Ignored from the address: " + ", ".join(self.filters.ignored)
+                + f". Statuses are {', '.join(s.lower() for s in RUN_STATUSES)}; sorts are "
+                + ", ".join(sorted(SORTABLE.values())) + "."
+            ).classes("text-sm text-amber-700").mark("runs-ignored")  # fmt: skip
         with ui.row().classes("w-full items-center gap-2 text-sm"):
             self.status_line = ui.label().classes("sp-muted").mark("runs-status-line")
             ui.space()

@@ -25,8 +25,13 @@ KEEP_FACTOR = 5
 KINDS = ("log", "token", "node_status", "run_status", "tool_call", "api_call", "output", "other")
 
 
+# Bidirectional controls would reorder the rest of the line (a node's text is not
+# trusted): they are shown as their code points instead.
+_BIDI = {c: f"<U+{c:04X}>" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
 def _esc(text: str) -> str:
-    return html.escape(text, quote=True)
+    return html.escape(text.translate(_BIDI), quote=True)
 
 
 def _time(ts: str | None) -> str:
