@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -184,3 +184,21 @@ def page_task(coro: Awaitable[None], name: str = "", client: Any = None) -> asyn
     task.add_done_callback(done)
     client.on_delete(task.cancel)
     return task
+
+
+class IdBatcher:
+    """Collects ids (of changed nodes) and hands them to ``callback`` at most once per
+    ``delay_s``: for views whose every update re-sends a whole series."""
+
+    def __init__(self, callback: Callable[[list[str]], None], delay_s: float) -> None:
+        self._ids: dict[str, None] = {}
+        self._callback = callback
+        self._push = Coalescer(self._send, delay_s=delay_s)
+
+    def add(self, ids: Iterable[str]) -> None:
+        self._ids.update(dict.fromkeys(ids))
+        self._push.poke()
+
+    def _send(self) -> None:
+        ids, self._ids = list(self._ids), {}
+        self._callback(ids)

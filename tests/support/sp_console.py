@@ -115,3 +115,28 @@ async def console_user_of(address: str) -> AsyncIterator[Any]:
             os.environ.pop("NICEGUI_USER_SIMULATION", None)
             core.app.exception_handlers.clear()
             core.app.exception_handlers.update(handlers)
+
+
+async def eventually(check: Any, timeout: float = 10.0) -> Any:
+    """Awaits until ``check()`` returns something truthy (an AssertionError, KeyError or
+    StopIteration from it counts as not yet) and returns it; fails after ``timeout``."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (AssertionError, KeyError, StopIteration):
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def finished(client: Any, run_id: str) -> None:
+    """Awaits the end of a run by following its events (an AsyncClient's watch)."""
+    async for _ in client.watch(run_id):
+        pass

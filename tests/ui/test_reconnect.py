@@ -3,13 +3,10 @@ stream from the last seq it had (nothing missed, nothing doubled)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 from nicegui import ElementFilter
-from sp_console import console_user_of, free_port
+from sp_console import console_user_of, eventually, free_port
 
 from statepipe.client import AsyncClient
 from ui.pages.run_detail import RunPage
@@ -26,14 +23,6 @@ STREAM = {
         {"id": "after", "kind": "noop", "after": ["draft"]},
     ],
 }
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-    return result
 
 
 def banner_shown(user: Any) -> bool:

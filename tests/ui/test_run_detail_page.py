@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 from nicegui import ui
 from nicegui.testing.user import User
+from sp_console import eventually, finished
 
 from statepipe.client import AsyncClient
 from ui.pages.run_detail import RunPage
@@ -50,26 +49,6 @@ SLOW = {
         }
     ],
 }
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (AssertionError, KeyError, StopIteration):
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def finished(client: AsyncClient, run_id: str) -> None:
-    async for _ in client.watch(run_id):
-        pass
 
 
 def the_page(user: User) -> RunPage:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from nicegui import ui
 from nicegui.testing.user import User
+from sp_console import eventually, finished
 
 from statepipe.client import AsyncClient
 from ui.pages.runs import Filters, parse_labels, row_of, summary_of
@@ -43,26 +41,6 @@ def grid_rows(user: User) -> list[dict[str, Any]]:
     grid = next(iter(user.find(marker="runs-grid").elements))
     assert isinstance(grid, ui.aggrid)
     return list(grid.options["rowData"])
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def finished(client: AsyncClient, run_id: str) -> None:
-    async for _ in client.watch(run_id):
-        pass
 
 
 async def test_an_empty_dashboard_says_how_to_start(console_user: User) -> None:

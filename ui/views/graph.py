@@ -31,7 +31,7 @@ from nicegui import events, ui
 
 from ui.format import format_duration, parse_ms
 from ui.run_model import Attempt, RunModel
-from ui.streams import Coalescer
+from ui.streams import IdBatcher
 from ui.theme import status_color
 from ui.views.timeline import run_clock
 
@@ -352,9 +352,7 @@ class GraphView:
         else:
             self._build_chart()
         # Each update re-sends the series (ECharts replaces data whole): at most 4/s.
-        self._changed: dict[str, None] = {}
-        self._push = Coalescer(self._send_changes, delay_s=0.25)
-        model.on_nodes(self._queue_changes)
+        model.on_nodes(IdBatcher(self.nodes_changed, delay_s=0.25).add)
 
     @property
     def summary_mode(self) -> bool:
@@ -389,14 +387,6 @@ class GraphView:
                     self.summary_rows[counts.level] = ui.html(
                         level_row_html(counts), sanitize=False
                     ).classes("w-full")
-
-    def _queue_changes(self, node_ids: Iterable[str]) -> None:
-        self._changed.update(dict.fromkeys(node_ids))
-        self._push.poke()
-
-    def _send_changes(self) -> None:
-        changed, self._changed = list(self._changed), {}
-        self.nodes_changed(changed)
 
     def nodes_changed(self, node_ids: Iterable[str]) -> None:
         """Updates the colours and tooltips of changed nodes with one partial

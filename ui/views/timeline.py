@@ -30,7 +30,7 @@ from nicegui import events, ui
 from statepipe_api.lifecycle import FINAL_RUN
 from ui.format import format_duration, now_ms, parse_ms
 from ui.run_model import Attempt, RunModel
-from ui.streams import Coalescer
+from ui.streams import IdBatcher
 from ui.theme import STATUS_COLORS, status_color
 
 MAX_ROWS = 500
@@ -312,22 +312,12 @@ class TimelineView:
                 .mark("run-timeline")
             )
         # Each update re-sends the series (ECharts replaces data whole): at most 4/s.
-        self._changed: dict[str, None] = {}
-        self._push = Coalescer(self._send_changes, delay_s=0.25)
-        model.on_nodes(self._queue_changes)
+        model.on_nodes(IdBatcher(self.nodes_changed, delay_s=0.25).add)
 
     @property
     def rows(self) -> list[str]:
         """The node ids drawn, top to bottom."""
         return list(self._rows)
-
-    def _queue_changes(self, node_ids: Iterable[str]) -> None:
-        self._changed.update(dict.fromkeys(node_ids))
-        self._push.poke()
-
-    def _send_changes(self) -> None:
-        changed, self._changed = list(self._changed), {}
-        self.nodes_changed(changed)
 
     def nodes_changed(self, node_ids: Iterable[str]) -> None:
         """Recomputes the changed nodes and every open segment, then sends the series
