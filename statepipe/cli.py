@@ -1676,6 +1676,20 @@ def _console_web_server() -> Any:
 FORCE_STOP_AFTER_S = 3.0
 
 
+class _EarlyStop:
+    """Remembers a SIGINT or SIGTERM that comes while something that cannot be cut
+    short starts (the embedded Postgres, a gRPC channel), so it is acted on right
+    after, instead of being lost inside that start."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
 def _stop_on_signals() -> None:
     """From now on SIGINT and SIGTERM stop the command: they raise :class:`_Stop` in the
     main thread, or, once the console's web server exists, ask it to stop gracefully
@@ -1893,6 +1907,7 @@ def console_command(host: str, port: int, show: bool) -> None:
     starts anyway, shows a banner and connects once the server answers. Ctrl-C or
     SIGTERM stops it (status 0).
     """
+    early = _EarlyStop()
     server = _console_server()
     _check_console_port(host, port)
     problem = _unreachable_reason(server)
@@ -1901,6 +1916,8 @@ def console_command(host: str, port: int, show: bool) -> None:
                    err=True)  # fmt: skip
     try:
         _stop_on_signals()
+        if early.requested:
+            raise _Stop
         _serve_console(server, host, port, show)
     except _Stop:
         pass
@@ -2086,6 +2103,7 @@ def up(
     _configure_logging()
     _local.load_paths()
     _first_postgres_note(database_url)
+    early = _EarlyStop()
     plane = _local.LocalPlane(
         listen=f"127.0.0.1:{grpc_port}",
         database_url=database_url,
@@ -2098,6 +2116,8 @@ def up(
     try:
         # Before saying it listens: a SIGTERM right after that line stops it cleanly.
         _stop_on_signals()
+        if early.requested:
+            raise _Stop
         registered = []
         if examples:
             with Client(plane.address) as client:

@@ -132,6 +132,7 @@ def test_watch_a_streaming_run_pause_and_resume_it(
         page.wait_for_timeout(600)
         shot(page, "run-graph")
         page.get_by_role("tab", name=re.compile("Timeline")).click()
+        page.wait_for_url(re.compile(r"tab=timeline"), timeout=5_000)  # a reload opens it
         page.wait_for_timeout(600)
         shot(page, "run-timeline")
 

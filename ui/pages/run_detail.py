@@ -99,9 +99,16 @@ class RunPage:
             self.payloads()
         self.model.on_run(self._run_changed)
         with (
-            ui.tabs(value=self.tab, on_change=lambda e: self._switch_tab(e.value))
+            ui.tabs(value=self.tab, on_change=lambda e: self._open_tab(e.value))
             .classes("w-full")
             .props("dense align=left inline-label no-caps")
+            # The tab is in the address (a reload or a shared link opens it); set in the
+            # browser, where the click is (a server-sent replaceState lagged one click).
+            .on(
+                "update:model-value",
+                js_handler="(v) => history.replaceState(history.state, '', "
+                "location.pathname + '?tab=' + encodeURIComponent(v))",
+            )
         ):
             ui.tab("graph", "Graph", icon="account_tree")
             ui.tab("timeline", "Timeline", icon="view_timeline")
@@ -118,11 +125,6 @@ class RunPage:
                     panel.classes("sp-tab-hidden")
                 self.panels[name] = panel
         self._open_tab(self.tab)
-
-    def _switch_tab(self, name: str) -> None:
-        self._open_tab(name)
-        # The tab is in the address, so a reload or a shared link opens it.
-        ui.navigate.history.replace(f"{self.path}?tab={name}")
 
     def _open_tab(self, name: str) -> None:
         self.tab = name

@@ -232,11 +232,11 @@ def grid_options(filters: Filters) -> dict[str, Any]:
         _column("status", "Status", _STATUS_RENDERER, width=122),
         _column("id", "Run", _ID_RENDERER, width=112),
         _column("workflow", "Workflow", _WORKFLOW_RENDERER, width=158),
-        _column("labels", "Labels", _LABELS_RENDERER, width=118),
+        _column("labels", "Labels", _LABELS_RENDERER, width=118, cellDataType=False),
         _column("created_at", "Created", _TIME_RENDERER, width=128),
         _column("started_at", "Started", _TIME_RENDERER, width=100),
         _column("duration", "Duration", _DURATION_RENDERER, width=98),
-        _column("counts", "Nodes", _COUNTS_RENDERER, width=96),
+        _column("counts", "Nodes", _COUNTS_RENDERER, width=96, cellDataType=False),
         _column("summary", "Summary", _SUMMARY_RENDERER, flex=1, minWidth=150),
         _column("tokens", "Usage", _USAGE_RENDERER, width=118, type="rightAligned"),
     ]
