@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from typing import Any
+
+TOKEN_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
 
 
 def parse_time(ts: str | None) -> datetime | None:
@@ -49,3 +53,24 @@ def format_duration(ms: float | None, empty: str = "—") -> str:
         return f"{m}m {r:02d}s"
     h, m = divmod(m, 60)
     return f"{h}h {m:02d}m"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def tokens_of(usage: dict[str, Any] | None) -> int | float | None:
+    """Input plus output tokens of a usage (OpenTelemetry GenAI names); None if none."""
+    total = sum(v for k, v in (usage or {}).items() if k in TOKEN_KEYS and _number(v))
+    return total or None
+
+
+def cost_of(usage: dict[str, Any] | None) -> float | None:
+    """The first cost-like value of a usage (``cost_usd``, ...); None if none."""
+    return next((v for k, v in (usage or {}).items() if "cost" in k and _number(v)), None)
+
+
+def one_line(value: Any, limit: int, *, separators: tuple[str, str] = (",", ":")) -> str:
+    """A JSON value on one line, cut to ``limit`` characters with an ellipsis."""
+    text = json.dumps(value, ensure_ascii=False, separators=separators, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

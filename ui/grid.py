@@ -10,9 +10,29 @@ the browser's grid is ready (also after a reconnect re-creates it).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from nicegui import ui
+
+from ui.theme import STATUS_COLORS
+
+# Cell renderers the run grids share (sp.* helpers are in theme.py; every value
+# rendered as HTML goes through sp.esc).
+STATUS_CELL = f"""(p) => {{
+  const c = {json.dumps(STATUS_COLORS)}[p.value] || '#9e9e9e';
+  return `<span class="sp-status" data-status="${{sp.esc(p.value)}}" `
+       + `style="background:${{c}};color:#fff">`
+       + `${{sp.esc((p.value || '').toLowerCase().replace('_', ' '))}}</span>`;
+}}"""
+TIME_CELL = (
+    """(p) => p.value ? `<span title="${sp.utc(p.value)}">${sp.fmtTime(p.value)}</span>` : ''"""
+)
+# Milliseconds from started_at to finished_at, or to now while it runs.
+DURATION_VALUE = """(p) => {
+  const s = p.data.started_at, f = p.data.finished_at;
+  return s ? (f ? Date.parse(f) : Date.now()) - Date.parse(s) : null;
+}"""
 
 
 class RowGrid(ui.aggrid):

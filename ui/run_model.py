@@ -245,17 +245,6 @@ class RunModel:
             self.run["error"] = ""
         self._run_changed = True
 
-    # -- reading
-
-    def usage_totals(self) -> dict[str, float]:
-        """The sum of every numeric usage value over the nodes."""
-        totals: dict[str, float] = {}
-        for node in self.nodes.values():
-            for key, value in (node.get("usage") or {}).items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    totals[key] = totals.get(key, 0) + value
-        return totals
-
 
 def levels_of(nodes: dict[str, dict[str, Any]]) -> list[list[str]]:
     """Nodes grouped by depth (level 0 has no dependencies), in spec order per level."""

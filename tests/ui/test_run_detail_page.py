@@ -355,3 +355,14 @@ def test_bidi_controls_in_a_log_line_are_shown_not_obeyed() -> None:
          "message": "abc\u202edef", "level": "info", "data": None}
     )  # fmt: skip
     assert "\u202e" not in html_text and "&lt;U+202E&gt;" in html_text
+
+
+async def test_the_header_shows_the_runs_usage_total(console_user: User, server) -> None:
+    node = {"kind": "python", "params": {"callable": "sp_nodes:metered"}}
+    spec = {"name": "metered", "version": "1",
+            "nodes": [{"id": "a", **node}, {"id": "b", **node, "after": ["a"]}]}  # fmt: skip
+    async with AsyncClient(server.address) as client:
+        run_id = await client.start_run(spec)
+        await finished(client, run_id)
+    await console_user.open(f"/runs/{run_id}")
+    await console_user.should_see("20 in / 10 out tokens · $0.0020")

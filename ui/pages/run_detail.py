@@ -10,7 +10,6 @@ built the first time they are opened.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from nicegui import context, ui
 from statepipe.client import StatepipeError
 from statepipe_api.lifecycle import CONTROLS, FINAL_RUN
 from ui.console import Console, probe
-from ui.format import duration_ms, format_duration, since_ms
+from ui.format import cost_of, duration_ms, format_duration, one_line, since_ms
 from ui.frame import frame
 from ui.pages.not_found import not_found
 from ui.run_model import RunModel
@@ -48,10 +47,7 @@ _CONTROL_LABELS = {
 
 def preview(value: Any, limit: int = 90) -> str:
     """A one-line preview of a JSON value for a collapsed section."""
-    if value is None:
-        return "—"
-    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return "—" if value is None else one_line(value, limit, separators=(", ", ": "))
 
 
 def format_usage(totals: dict[str, float]) -> str:
@@ -60,7 +56,7 @@ def format_usage(totals: dict[str, float]) -> str:
     out = totals.get("gen_ai.usage.output_tokens")
     if inp is not None or out is not None:
         parts.append(f"{int(inp or 0):,} in / {int(out or 0):,} out tokens")
-    cost = next((v for k, v in totals.items() if "cost" in k), None)
+    cost = cost_of(totals)
     if cost is not None:
         parts.append(f"${cost:.4f}")
     cpu = totals.get("cpu_time_ms") or totals.get("cpu_ms")
@@ -193,7 +189,8 @@ class RunPage:
                 ui.label(
                     " · ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "—"
                 ).mark("run-counts")
-            usage = format_usage(self.model.usage_totals() or (run.get("usage") or {}))
+            # The server's total over the nodes (Run.usage), fetched with the run.
+            usage = format_usage(run.get("usage") or {})
             if usage:
                 with ui.column().classes("gap-0"):
                     ui.label("usage").classes("sp-muted text-xs")

@@ -19,7 +19,9 @@ from nicegui import ui
 from statepipe.client import Run, StatepipeError
 from statepipe_api.lifecycle import RUN_STATUSES
 from ui.console import Console, probe
+from ui.format import cost_of, one_line, tokens_of
 from ui.frame import frame
+from ui.grid import STATUS_CELL, TIME_CELL
 from ui.streams import Coalescer, Connection, follow, is_retryable, page_task
 from ui.theme import STATUS_COLORS
 
@@ -111,22 +113,12 @@ def summary_of(run: dict[str, Any]) -> str:
     """One line: the error of a failed run, else its output."""
     if run["error"]:
         return run["error"].splitlines()[0][:200]
-    if run["output"] is None:
-        return ""
-    text = json.dumps(run["output"], ensure_ascii=False, separators=(",", ":"))
-    return text if len(text) <= 200 else text[:199] + "…"
+    return "" if run["output"] is None else one_line(run["output"], 200)
 
 
 def row_of(run: dict[str, Any]) -> dict[str, Any]:
     """A grid row from a run in ``run_to_dict``'s shape."""
-    usage = run.get("usage") or {}
-    tokens = sum(
-        v
-        for k, v in usage.items()
-        if k in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
-        and isinstance(v, int | float)
-    )
-    cost = next((v for k, v in usage.items() if "cost" in k and isinstance(v, int | float)), None)
+    usage = run.get("usage")
     return {
         "id": run["run_id"],
         "status": run["status"],
@@ -140,19 +132,12 @@ def row_of(run: dict[str, Any]) -> dict[str, Any]:
         "counts": run["node_counts"],
         "summary": summary_of(run),
         "failed": bool(run["error"]),
-        "tokens": tokens or None,
-        "cost": cost,
+        "tokens": tokens_of(usage),
+        "cost": cost_of(usage),
     }
 
 
 _COLORS = json.dumps(STATUS_COLORS)
-
-_STATUS_RENDERER = f"""(p) => {{
-  const c = {_COLORS}[p.value] || '#9e9e9e';
-  return `<span class="sp-status" data-status="${{sp.esc(p.value)}}" `
-       + `style="background:${{c}};color:#fff">`
-       + `${{sp.esc((p.value || '').toLowerCase().replace('_', ' '))}}</span>`;
-}}"""
 
 _ID_RENDERER = """(p) => `<a class="sp-mono" href="/runs/${encodeURIComponent(p.value)}"
   title="${sp.esc(p.value)}" onclick="event.stopPropagation()">${sp.esc(p.value.slice(0, 8))}</a>
@@ -166,10 +151,6 @@ _LABELS_RENDERER = """(p) => Object.entries(p.value || {}).map(([k, v]) =>
   `<span class="sp-mono" title="${sp.esc(k)}=${sp.esc(v)}"`
   + ` style="border:1px solid rgba(127,127,127,.4);border-radius:4px;`
   + `padding:0 4px;margin-right:3px;font-size:11px">${sp.esc(k)}=${sp.esc(v)}</span>`).join('')"""
-
-_TIME_RENDERER = (
-    """(p) => p.value ? `<span title="${sp.utc(p.value)}">${sp.fmtTime(p.value)}</span>` : ''"""
-)
 
 # Ticks in the browser for a running run (the grid refreshes this column each second).
 _DURATION_RENDERER = """(p) => {
@@ -229,12 +210,12 @@ def grid_options(filters: Filters) -> dict[str, Any]:
     sort_key = filters.sort.lstrip("-")
     direction = "desc" if filters.sort.startswith("-") else "asc"
     columns = [
-        _column("status", "Status", _STATUS_RENDERER, width=122),
+        _column("status", "Status", STATUS_CELL, width=122),
         _column("id", "Run", _ID_RENDERER, width=112),
         _column("workflow", "Workflow", _WORKFLOW_RENDERER, width=158),
         _column("labels", "Labels", _LABELS_RENDERER, width=118, cellDataType=False),
-        _column("created_at", "Created", _TIME_RENDERER, width=128),
-        _column("started_at", "Started", _TIME_RENDERER, width=100),
+        _column("created_at", "Created", TIME_CELL, width=128),
+        _column("started_at", "Started", TIME_CELL, width=100),
         _column("duration", "Duration", _DURATION_RENDERER, width=98),
         _column("counts", "Nodes", _COUNTS_RENDERER, width=96, cellDataType=False),
         _column("summary", "Summary", _SUMMARY_RENDERER, flex=1, minWidth=150),

@@ -7,46 +7,25 @@ A run's nodes are all in the page (GetRun), so AG Grid sorts and filters them it
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable
 from typing import Any
 
 from nicegui import ui
 
-from ui.grid import RowGrid
+from ui.format import tokens_of
+from ui.grid import DURATION_VALUE, STATUS_CELL, TIME_CELL, RowGrid
 from ui.run_model import RunModel
 from ui.streams import Coalescer
-from ui.theme import STATUS_COLORS
 
-_COLORS = json.dumps(STATUS_COLORS)
-
-_STATUS = f"""(p) => {{
-  const c = {_COLORS}[p.value] || '#9e9e9e';
-  return `<span class="sp-status" style="background:${{c}};color:#fff">`
-       + `${{sp.esc((p.value || '').toLowerCase().replace('_', ' '))}}</span>`;
+_DURATION = f"""(p) => {{
+  const ms = ({DURATION_VALUE})(p);
+  return ms === null ? '' : sp.fmtDuration(ms);
 }}"""
-_TIME = """(p) => p.value ? `<span title="${sp.utc(p.value)}">${sp.fmtTime(p.value)}</span>` : ''"""
-_DURATION = """(p) => {
-  const s = p.data.started_at, f = p.data.finished_at;
-  if (!s) return '';
-  return sp.fmtDuration((f ? Date.parse(f) : Date.now()) - Date.parse(s));
-}"""
-_DURATION_VALUE = """(p) => {
-  const s = p.data.started_at, f = p.data.finished_at;
-  return s ? (f ? Date.parse(f) : Date.now()) - Date.parse(s) : null;
-}"""
 _ERROR = """(p) => p.value
   ? `<span style="color:#e53935" title="${sp.esc(p.value)}">${sp.esc(p.value)}</span>` : ''"""
 
 
 def node_row(node: dict[str, Any]) -> dict[str, Any]:
-    usage = node.get("usage") or {}
-    tokens = sum(
-        v
-        for k, v in usage.items()
-        if k in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
-        and isinstance(v, int | float)
-    )
     return {
         "id": node["node_id"],
         "kind": node["kind"],
@@ -54,7 +33,7 @@ def node_row(node: dict[str, Any]) -> dict[str, Any]:
         "attempt": node["attempt"],
         "started_at": node["started_at"],
         "finished_at": node["finished_at"],
-        "tokens": tokens or None,
+        "tokens": tokens_of(node.get("usage")),
         "error": (node["error"] or "").splitlines()[0][:300] if node["error"] else "",
     }
 
@@ -95,7 +74,7 @@ class NodeTable:
                             "field": "status",
                             "headerName": "Status",
                             "width": 120,
-                            ":cellRenderer": _STATUS,
+                            ":cellRenderer": STATUS_CELL,
                         },
                         {
                             "field": "attempt",
@@ -107,13 +86,13 @@ class NodeTable:
                             "field": "started_at",
                             "headerName": "Started",
                             "width": 120,
-                            ":cellRenderer": _TIME,
+                            ":cellRenderer": TIME_CELL,
                         },
                         {
                             "colId": "duration",
                             "headerName": "Duration",
                             "width": 105,
-                            ":valueGetter": _DURATION_VALUE,
+                            ":valueGetter": DURATION_VALUE,
                             ":cellRenderer": _DURATION,
                             "filter": "agNumberColumnFilter",
                         },
