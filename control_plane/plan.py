@@ -24,7 +24,7 @@ from control_plane.expressions import (
     template_references,
 )
 from executors.runners import RunnerRegistry
-from statepipe_api.convert import MAX_JSON_DEPTH, json_depth_exceeds
+from statepipe_api.convert import MAX_JSON_DEPTH, json_depth_exceeds, resolve_local_ref
 from statepipe_api.v1 import statepipe_pb2 as pb
 
 MAX_NODES = 100_000
@@ -95,15 +95,10 @@ def _check_refs(node: Any, root: dict[str, Any]) -> None:
                     f"input_schema: $ref {ref!r} points outside the schema; only local "
                     "references ('#/$defs/...') are supported"
                 )
-            target: Any = root
-            for part in filter(None, ref[1:].split("/")):
-                key = part.replace("~1", "/").replace("~0", "~")
-                if isinstance(target, dict) and key in target:
-                    target = target[key]
-                elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
-                    target = target[int(key)]
-                else:
-                    raise InvalidArgument(f"input_schema: $ref {ref!r} points to nothing")
+            try:
+                resolve_local_ref(root, ref)
+            except LookupError:
+                raise InvalidArgument(f"input_schema: $ref {ref!r} points to nothing") from None
         for value in node.values():
             _check_refs(value, root)
     elif isinstance(node, list):

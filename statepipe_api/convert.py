@@ -68,6 +68,26 @@ FINAL_RUN_STATUSES: frozenset[str] = FINAL_RUN
 MAX_JSON_DEPTH = 24
 
 
+def resolve_local_ref(root: Any, ref: str) -> Any:
+    """What a local JSON Schema ``$ref`` ("#/$defs/x", RFC 6901 escapes) points to.
+
+    Raises:
+        LookupError: The reference is not local or points to nothing.
+    """
+    if not ref.startswith("#"):
+        raise LookupError(f"$ref {ref!r} is not local")
+    target: Any = root
+    for part in filter(None, ref[1:].split("/")):
+        key = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and key in target:
+            target = target[key]
+        elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
+            target = target[int(key)]
+        else:
+            raise LookupError(f"$ref {ref!r} points to nothing")
+    return target
+
+
 def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether `value` nests objects and arrays more than `limit` deep."""
     stack: list[tuple[Any, int]] = [(value, 0)]

@@ -20,6 +20,8 @@ import referencing.exceptions
 from nicegui import ui
 from nicegui.elements.mixins.validation_element import ValidationElement
 
+from statepipe_api.convert import resolve_local_ref
+
 __all__ = ["SchemaForm", "json_pointer_path"]
 
 # A field without a value: the key is left out of the input.
@@ -56,15 +58,10 @@ def _resolve(schema: Any, root: Mapping[str, Any]) -> dict[str, Any]:
         ref = schema.get("$ref")
         if not isinstance(ref, str) or not ref.startswith("#"):
             return schema
-        target: Any = root
-        for part in filter(None, ref[1:].split("/")):
-            key = part.replace("~1", "/").replace("~0", "~")
-            if isinstance(target, dict) and key in target:
-                target = target[key]
-            elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
-                target = target[int(key)]
-            else:
-                return schema
+        try:
+            target = resolve_local_ref(root, ref)
+        except LookupError:
+            return schema
         if not isinstance(target, dict):
             return schema
         schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
