@@ -216,6 +216,18 @@ SPEC_CASES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"name": "w", "input_schema": {"properties": {"x": {"pattern": "["}}}, "nodes": [py("a")]},
         ("input_schema", "properties/x/pattern", "regex"),
     ),
+    "input-schema-ref-to-nothing": (
+        {
+            "name": "w",
+            "input_schema": {"properties": {"x": {"$ref": "#/$defs/nope"}}},
+            "nodes": [py("a")],
+        },
+        ("input_schema", "'#/$defs/nope'", "points to nothing"),
+    ),
+    "input-schema-remote-ref": (
+        {"name": "w", "input_schema": {"$ref": "https://example.com/s.json"}, "nodes": [py("a")]},
+        ("input_schema", "points outside the schema", "local"),
+    ),
     "template-not-an-ancestor": (
         {"name": "w", "nodes": [py("a"), py("b", args={"x": "{{ nodes.a.output }}"})]},
         ("node 'b'", "args.x", "node 'a'", "add 'a' to its 'after'"),
