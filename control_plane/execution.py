@@ -123,7 +123,8 @@ class ExecutionMixin:
             else:
                 retry = getattr(err, "retryable", True)
                 trace = error_traceback(err, plumbing=(_HERE,))
-                self.attempt_failed(node, describe_error(err), retry, trace)
+                wait_ms = getattr(err, "retry_after_ms", 0)
+                self.attempt_failed(node, describe_error(err), retry, trace, wait_ms)
         finally:
             self.contexts.pop(node_id, None)
             if self.inflight.pop(node_id, None) is not None:

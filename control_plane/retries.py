@@ -23,17 +23,26 @@ class RetryMixin:
     """What happens after a failed attempt."""
 
     def attempt_failed(
-        self: RunActor, node: NodeRow, message: str, retry: bool, traceback: str = ""
+        self: RunActor,
+        node: NodeRow,
+        message: str,
+        retry: bool,
+        traceback: str = "",
+        retry_after_ms: int = 0,
     ) -> None:
         """Another attempt after the policy's delay, or FAILED. `retry` False:
-        another attempt cannot mend it (the retry policy does not apply)."""
+        another attempt cannot mend it (the retry policy does not apply).
+        `retry_after_ms`: the failure's own least wait (an HTTP Retry-After);
+        the delay is the larger of it and the policy's."""
         spec = self.plan.nodes[node.node_id].spec
         node.error = storable(message)
         node.traceback = storable(traceback)
         node.finished_at = now()
         extra = {"traceback": node.traceback} if node.traceback else {}
         if retry and node.attempt < spec.retry.max_attempts and self.run.status != "CANCELLED":
-            delay_ms = retry_delay_ms(spec.retry, node.attempt, random.random())
+            delay_ms = max(
+                retry_delay_ms(spec.retry, node.attempt, random.random()), retry_after_ms
+            )
             self.set_node(
                 node,
                 "RETRY_WAIT",

@@ -18,6 +18,9 @@ from typing import Any, Protocol
 
 # (kind, fields) -> None. Fields: message, level, data (dict), status.
 EventSink = Callable[[str, dict[str, Any]], None]
+# (workflow, input, version, key) -> the child run's output. The control plane
+# provides it (NodeContext.children); see NodeContext.run_workflow.
+ChildRuns = Callable[[str, Any, str, str], Awaitable[Any]]
 
 
 DRAIN_SLICE = 2000  # events from worker threads handled per event-loop callback
@@ -36,19 +39,34 @@ class NodeError(Exception):
             fails at once instead of following its retry policy.
         traceback: the node code's traceback, when it came from one (crosses
             process boundaries, e.g. from a Ray worker).
+        retry_after_ms: the least wait before another attempt, when the
+            failure says so (an HTTP 429 or 503 with Retry-After): the retry
+            policy's delay is raised to it, never lowered.
     """
 
-    def __init__(self, message: str = "", *, retryable: bool = True, traceback: str = "") -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        retryable: bool = True,
+        traceback: str = "",
+        retry_after_ms: int = 0,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.traceback = traceback
+        self.retry_after_ms = max(0, int(retry_after_ms))
 
     def __reduce__(self) -> Any:
-        return (_node_error, (str(self), self.retryable, self.traceback))
+        return (_node_error, (str(self), self.retryable, self.traceback, self.retry_after_ms))
 
 
-def _node_error(message: str, retryable: bool, traceback: str) -> NodeError:
-    return NodeError(message, retryable=retryable, traceback=traceback)
+def _node_error(
+    message: str, retryable: bool, traceback: str, retry_after_ms: int = 0
+) -> NodeError:
+    return NodeError(
+        message, retryable=retryable, traceback=traceback, retry_after_ms=retry_after_ms
+    )
 
 
 def describe_error(err: BaseException) -> str:
@@ -86,6 +104,21 @@ def error_traceback(err: BaseException, plumbing: tuple[str, ...] = ()) -> str:
     lines += traceback.format_exception_only(type(err), err)
     text = "".join(lines)
     return text if len(text) <= TRACEBACK_LIMIT else "...\n" + text[-TRACEBACK_LIMIT:]
+
+
+def merge_usage(usage: dict[str, Any], more: Mapping[str, Any]) -> None:
+    """Adds `more` into `usage`: numbers add up; anything else (a model's
+    name, a list of finish reasons) replaces what was there."""
+    for key, value in more.items():
+        old = usage.get(key)
+        if _is_number(value) and _is_number(old):
+            usage[key] = old + value
+        else:
+            usage[key] = value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class Cancelled(Exception):
@@ -156,7 +189,9 @@ class NodeContext:
         # creating an Event per node would slow dispatch down).
         self._outbox_room: threading.Event | None = None
         self._on_running: Callable[[dict[str, Any]], None] | None = None
-        self.usage: dict[str, float] = {}
+        self.usage: dict[str, Any] = {}
+        # Starts child runs (the control plane sets it; the Ray worker a bridge).
+        self.children: ChildRuns | None = None
 
     # -- placement (executors call these on the event loop)
     def on_running(self, callback: Callable[[dict[str, Any]], None]) -> None:
@@ -181,6 +216,28 @@ class NodeContext:
         while it has). On the event loop, e.g. before relaying more events."""
         if self._room is not None:
             await self._room()
+
+    # -- child runs
+    async def run_workflow(
+        self, workflow: str, input: Any = None, *, version: str = "", key: str = ""
+    ) -> Any:
+        """Runs a registered workflow as a child run of this node and returns
+        its output (on the event loop).
+
+        The child records this run and node as its parent; an interrupt,
+        pause or cancel of this run reaches it. `key` tells apart several
+        children of one attempt (an agent's tool-call id): the same key in the
+        same attempt finds the same child instead of starting another.
+
+        Raises:
+            NodeError: the child failed or was cancelled (its error), or the
+                workflow is unknown or refuses the input (not retryable).
+        """
+        if self.children is None:
+            raise NodeError(
+                "child workflows cannot be started where this node runs", retryable=False
+            )
+        return await self.children(workflow, input, version, key)
 
     # -- cancellation
     @property
@@ -235,10 +292,14 @@ class NodeContext:
     def metric(self, name: str, value: float, **tags: Any) -> None:
         self._send("metric", {"message": name, "data": {"name": name, "value": value, **tags}})
 
-    def add_usage(self, **counts: float) -> None:
-        """Adds to the node's usage (tokens, cost, ...), stored with the node."""
-        for key, value in counts.items():
-            self.usage[key] = self.usage.get(key, 0) + value
+    def add_usage(self, **counts: Any) -> None:
+        """Adds to the node's usage (tokens, cost, ...), stored with the node.
+        Numbers add up; other values (the model's name) replace the old one."""
+        merge_usage(self.usage, counts)
+
+    def set_usage(self, **values: Any) -> None:
+        """Sets usage values that do not add up (time to first token, tokens/s)."""
+        self.usage.update(values)
 
     def _send(self, kind: str, fields: dict[str, Any]) -> None:
         if threading.get_ident() == self._loop_thread:

@@ -38,7 +38,14 @@ from typing import Any
 import ray
 import ray.exceptions
 
-from executors.base import NodeContext, NodeError, NodeTask, describe_error, error_traceback
+from executors.base import (
+    NodeContext,
+    NodeError,
+    NodeTask,
+    describe_error,
+    error_traceback,
+    merge_usage,
+)
 from executors.runners import RunnerRegistry
 
 log = logging.getLogger(__name__)
@@ -137,7 +144,12 @@ class NodeWorker:
         except Exception as err:
             # What the driver needs to raise the same NodeError (see run()).
             outcome = "error"
-            value = (describe_error(err), getattr(err, "retryable", True), error_traceback(err))
+            value = (
+                describe_error(err),
+                getattr(err, "retryable", True),
+                error_traceback(err),
+                getattr(err, "retry_after_ms", 0),
+            )
         ctx.flush()
         tail = self._queues.pop(call, [])
         return outcome, value, dict(ctx.usage), self._forget(call), tail
@@ -405,11 +417,15 @@ class RayExecutor:
                 await self._catch_up(worker, call, pumped)
             for kind, fields in tail:
                 ctx.relay(kind, fields)
-            for key, amount in usage.items():
-                ctx.usage[key] = ctx.usage.get(key, 0) + amount
+            merge_usage(ctx.usage, usage)
             if outcome != "ok":
-                message, retryable, traceback = value
-                raise NodeError(message, retryable=retryable, traceback=traceback)
+                message, retryable, traceback, retry_after_ms = value
+                raise NodeError(
+                    message,
+                    retryable=retryable,
+                    traceback=traceback,
+                    retry_after_ms=retry_after_ms,
+                )
             return value
         finally:
             worker.calls.pop(call_id, None)

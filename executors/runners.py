@@ -215,12 +215,18 @@ class NoopRunner:
         return task.params.get("value")
 
 
+def builtin_runners() -> list[Runner]:
+    """One of each built-in runner (imported here: each module imports its client library)."""
+    runners: list[Runner] = [PythonRunner(), NoopRunner()]
+    return runners
+
+
 class RunnerRegistry:
     """Runners by kind: the built-ins plus the entry-point group statepipe.runners."""
 
     def __init__(self, runners: list[Runner] | None = None, *, load_plugins: bool = True) -> None:
         self._runners: dict[str, Runner] = {}
-        for runner in runners if runners is not None else [PythonRunner(), NoopRunner()]:
+        for runner in runners if runners is not None else builtin_runners():
             self.add(runner)
         if load_plugins:
             for ep in entry_points(group=RUNNER_ENTRY_POINTS):
