@@ -51,6 +51,8 @@ def run_to_proto(run: RunRow, nodes: list[NodeRow] | None = None) -> pb.Run:
         idempotency_key=run.idempotency_key or "",
         last_seq=run.last_seq,
         node_counts=run.node_counts,
+        parent_run_id=run.parent_run_id or "",
+        parent_node_id=run.parent_node_id or "",
     )
     set_value(msg.input, run.input)
     set_value(msg.output, run.output)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import core_rs
+from control_plane.children import NodeChildren
 from control_plane.execution import NodeFailure, NodeStart
 from control_plane.expressions import ExpressionError, evaluate, render
 from control_plane.store import now
@@ -78,7 +79,7 @@ class DispatchMixin:
                 self.set_node(node, "QUEUED", attempt=node.attempt + 1)
             self.queued.append(node_id)
 
-    def _scope(self: RunActor, node_ids: Iterable[str]) -> dict[str, Any]:
+    def scope_of(self: RunActor, node_ids: Iterable[str]) -> dict[str, Any]:
         """What templates and conditions may read: the input and the named nodes."""
         nodes = {}
         for node_id in node_ids:
@@ -102,7 +103,7 @@ class DispatchMixin:
         node = self.nodes[node_id]
         node_plan = self.plan.nodes[node_id]
         spec = node_plan.spec
-        scope = self._scope(node_plan.referenced)
+        scope = self.scope_of(node_plan.referenced)
         if node_plan.when is not None:
             try:
                 if not evaluate(node_plan.when, scope, spec.when):
@@ -110,7 +111,13 @@ class DispatchMixin:
             except ExpressionError as err:
                 return NodeFailure(f"when: {err}", retry=False)
         try:
-            params = render(node_plan.params, scope) if node_plan.refs else node_plan.params
+            if node_plan.item_template:
+                # A map's item template is rendered per item, in the item's child run.
+                template = node_plan.item_template
+                own = {k: v for k, v in node_plan.params.items() if k != template}
+                params = {**render(own, scope), template: node_plan.params[template]}
+            else:
+                params = render(node_plan.params, scope) if node_plan.refs else node_plan.params
         except ExpressionError as err:
             return NodeFailure(f"params: {err}", retry=False)
         node.attempt += 1
@@ -142,8 +149,11 @@ class DispatchMixin:
             has_room=self.pipeline.has_room,
             room=self.pipeline.room,
         )
+        ctx.children = NodeChildren(self, node_id)
         self.contexts[node_id] = ctx
-        if not getattr(self.scheduler.executor, "places_nodes", False):
+        if node_plan.in_control_plane or not getattr(
+            self.scheduler.executor, "places_nodes", False
+        ):
             self.node_running(node, {})
         # else the node stays QUEUED until the executor has a place for it
         # (a Ray actor with the node's resources) and calls ctx.running().

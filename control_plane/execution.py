@@ -92,7 +92,13 @@ class ExecutionMixin:
                         started({})
                     else:
                         ctx.on_running(started)
-                    result = await self.scheduler.executor.run(task, ctx)
+                    if node_plan.in_control_plane:
+                        # workflow and map: they start child runs, whose nodes
+                        # go to the executor.
+                        runner = self.scheduler.runners.get(spec.kind)
+                        result = await runner.run(task, ctx)  # type: ignore[union-attr]
+                    else:
+                        result = await self.scheduler.executor.run(task, ctx)
                     ctx.running({})  # an executor that never said where it ran
             except TimeoutError:
                 if not deadline.expired():

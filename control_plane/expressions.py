@@ -19,10 +19,16 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+# One placeholder: no "{{" or "}}" inside it, so that a whole string like
+# "{{ a }} and {{ b }}" is two placeholders, not one reaching from the first
+# "{{" to the last "}}".
+PLACEHOLDER = re.compile(r"\{\{\s*((?:(?!\{\{|\}\}).)*?)\s*\}\}")
 # nodes.some-id.output -> nodes["some-id"].output (ids may hold '-').
 _DASHED_NODE = re.compile(r"\bnodes\.([A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)+)")
 ROOTS = ("input", "nodes")
+# A map node's item template (params.node) may also read the item and its
+# index; each item renders it in its own child run (item_template).
+ITEM_ROOTS = ("item", "index")
 
 
 class ExpressionError(ValueError):
@@ -58,7 +64,7 @@ _ALLOWED = (
 )
 
 
-def parse(expr: str) -> ast.Expression:
+def parse(expr: str, roots: tuple[str, ...] = ROOTS) -> ast.Expression:
     """Parses and checks an expression; raises ExpressionError naming the problem."""
     source = _DASHED_NODE.sub(lambda m: f'nodes["{m.group(1)}"]', expr.strip())
     try:
@@ -68,8 +74,15 @@ def parse(expr: str) -> ast.Expression:
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED):
             raise ExpressionError(f"{expr!r}: {type(node).__name__} is not allowed in expressions")
-        if isinstance(node, ast.Name) and node.id not in (*ROOTS, "true", "false", "null"):
-            raise ExpressionError(f"{expr!r}: unknown name {node.id!r}; use input or nodes")
+        if isinstance(node, ast.Name) and node.id not in (*roots, "true", "false", "null"):
+            where = (
+                " (item and index exist in a map's params.node only)"
+                if (node.id in ITEM_ROOTS)
+                else ""
+            )
+            raise ExpressionError(
+                f"{expr!r}: unknown name {node.id!r}; use {' or '.join(roots)}{where}"
+            )
     return tree
 
 
@@ -183,24 +196,26 @@ def iter_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from iter_strings(v, f"{path}[{i}]")
 
 
-def template_references(value: Any) -> dict[str, set[str]]:
+def template_references(
+    value: Any, roots: tuple[str, ...] = ROOTS, prefix: str = ""
+) -> dict[str, set[str]]:
     """For each string with placeholders: the node ids it references. Checks syntax."""
     refs: dict[str, set[str]] = {}
-    for path, text in iter_strings(value):
+    for path, text in iter_strings(value, prefix):
         for match in PLACEHOLDER.finditer(text):
             try:
-                tree = parse(match.group(1))
+                tree = parse(match.group(1), roots)
             except ExpressionError as err:
                 raise ExpressionError(f"{path}: {err}") from None
             refs.setdefault(path, set()).update(node_references(tree))
     return refs
 
 
-def condition_tree(when: str) -> ast.Expression:
+def condition_tree(when: str, roots: tuple[str, ...] = ROOTS) -> ast.Expression:
     """The parsed form of a ``when`` condition (braces optional)."""
     text = when.strip()
     match = PLACEHOLDER.fullmatch(text)
-    return parse(match.group(1) if match else text)
+    return parse(match.group(1) if match else text, roots)
 
 
 def render(value: Any, scope: Mapping[str, Any]) -> Any:
@@ -221,4 +236,34 @@ def render(value: Any, scope: Mapping[str, Any]) -> Any:
         return {k: render(v, scope) for k, v in value.items()}
     if isinstance(value, list):
         return [render(v, scope) for v in value]
+    return value
+
+
+class _UnderInput(ast.NodeTransformer):
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in (*ROOTS, *ITEM_ROOTS):
+            return ast.Attribute(value=ast.Name("input", ast.Load()), attr=node.id, ctx=ast.Load())
+        return node
+
+
+def item_template(value: Any) -> Any:
+    """A map's item template as the one node of each item's child run, whose
+    input is {"item", "index", "input", "nodes"} (children.item_input):
+    every placeholder's names move under ``input`` (``item.url`` becomes
+    ``input.item.url``, ``nodes.a.output`` ``input.nodes.a.output``). Each item
+    renders the template once, in its child run, from its own input: a value
+    is never rendered twice."""
+    if isinstance(value, str):
+        if "{{" not in value:
+            return value
+
+        def moved(match: re.Match[str]) -> str:
+            tree = _UnderInput().visit(parse(match.group(1), (*ROOTS, *ITEM_ROOTS)))
+            return "{{ " + ast.unparse(tree) + " }}"
+
+        return PLACEHOLDER.sub(moved, value)
+    if isinstance(value, Mapping):
+        return {k: item_template(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [item_template(v) for v in value]
     return value

@@ -13,13 +13,17 @@ from typing import Any
 
 import jsonschema
 import referencing.exceptions
+from google.protobuf import json_format
 
 import core_rs
 from control_plane.convert import from_struct
 from control_plane.errors import InvalidArgument, ResourceExhausted
 from control_plane.expressions import (
+    ITEM_ROOTS,
+    ROOTS,
     ExpressionError,
     condition_tree,
+    item_template,
     node_references,
     template_references,
 )
@@ -33,6 +37,7 @@ HOOK_NAMES = ("on_init", "on_progress", "on_success", "on_error", "on_retry", "o
 STRATEGIES = ("", "fixed", "linear", "exponential")
 NODE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
+ITEM_SCOPE = (*ROOTS, *ITEM_ROOTS)
 
 
 @dataclasses.dataclass
@@ -44,6 +49,13 @@ class NodePlan:
     when: Any | None  # parsed condition
     # Node ids each templated field reads, e.g. {"params.text": {"fetch"}}.
     refs: dict[str, set[str]]
+    # Its runner runs in the control plane (workflow, map: they start child
+    # runs), not on the executor.
+    in_control_plane: bool = False
+    # A map node: the param holding its item template, and the plan of the
+    # child run each item is (item_spec).
+    item_template: str = ""
+    item_plan: Plan | None = None
 
     @property
     def referenced(self) -> set[str]:
@@ -194,14 +206,38 @@ def compile_spec(spec: pb.WorkflowSpec, runners: RunnerRegistry) -> Plan:
         _check_resources(node.resources, where)
         when = None
         try:
-            refs = template_references(params)
+            # A map's item template (params.node) may read the item and its index.
+            template = getattr(runner, "item_template", "")
+            if template:
+                refs = template_references({k: v for k, v in params.items() if k != template})
+                refs.update(template_references(params[template], ITEM_SCOPE, template))
+                if params[template].get("when"):
+                    refs[f"{template}.when"] = node_references(
+                        condition_tree(params[template]["when"], ITEM_SCOPE)
+                    )
+            else:
+                refs = template_references(params)
             if node.when:
                 when = condition_tree(node.when)
                 refs["when"] = node_references(when)
         except ExpressionError as err:
             raise InvalidArgument(f"{where}: {err}") from None
         metadata = _struct(node.metadata)
-        nodes.setdefault(node.id, NodePlan(node, position, params, metadata, when, refs))
+        in_control_plane = bool(getattr(runner, "in_control_plane", False))
+        item_plan = None
+        if template:
+            try:
+                item_plan = compile_spec(
+                    item_spec(spec.name, spec.version, node.id, params[template]), runners
+                )
+            except (InvalidArgument, ResourceExhausted) as err:
+                raise InvalidArgument(f"{where}: params.{template}: {err}") from None
+        nodes.setdefault(
+            node.id,
+            NodePlan(
+                node, position, params, metadata, when, refs, in_control_plane, template, item_plan
+            ),
+        )
         edges.extend((dep, node.id) for dep in node.after)
 
     try:
@@ -241,6 +277,28 @@ def compile_spec(spec: pb.WorkflowSpec, runners: RunnerRegistry) -> Plan:
         sinks,
         _struct(spec.metadata),
     )
+
+
+def item_spec(
+    workflow: str, version: str, node_id: str, template: dict[str, Any]
+) -> pb.WorkflowSpec:
+    """The workflow each item of map node `node_id` runs as a child run: the
+    item template as its one node (named as the map node), its placeholders
+    moved under the item's input (expressions.item_template)."""
+    node = {k: v for k, v in template.items() if k not in ("id", "after")}
+    node["id"] = node_id
+    if "params" in node:
+        node["params"] = item_template(node["params"])
+    when = node.get("when")
+    if isinstance(when, str) and when.strip():
+        node["when"] = item_template(when if "{{" in when else "{{ " + when + " }}")
+    try:
+        return json_format.ParseDict(
+            {"name": f"{workflow}/{node_id}"[:200], "version": version, "nodes": [node]},
+            pb.WorkflowSpec(),
+        )
+    except json_format.ParseError as err:
+        raise InvalidArgument(str(err).splitlines()[0]) from None
 
 
 def retry_delay_ms(retry: pb.RetryPolicy, attempt: int, rand: float) -> int:

@@ -272,6 +272,8 @@ class RunActor(DispatchMixin, ExecutionMixin, RetryMixin, ControlsMixin):
         self.run.status = status
         self.emit("run_status", status=status, message=message or self.run.error)
         self.put_run()
+        if status in FINAL_RUN:
+            self.scheduler.waiters.ended(self.run_id)
         self._release_if_idle()
 
     def put_run(self) -> None:

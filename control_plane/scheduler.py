@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import uuid
 from typing import Any
 
+from control_plane.children import POLL_S as CHILD_POLL_S
+from control_plane.children import PROPAGATED, Waiters
 from control_plane.controls import check_control
 from control_plane.errors import FailedPrecondition, InvalidArgument, NotFound
 from control_plane.hooks import Hooks
@@ -25,10 +28,11 @@ from control_plane.limits import Limits
 from control_plane.pipeline import EventPipeline
 from control_plane.plan import Plan, compile_spec
 from control_plane.run_actor import RunActor
-from control_plane.store import NodeRow, RunRow, Store, now, storable
+from control_plane.store import NodeRow, RunFilter, RunRow, Store, now, storable
 from executors.base import Executor
 from executors.runners import RunnerRegistry
 from statepipe_api.convert import MAX_JSON_DEPTH, json_depth_exceeds
+from statepipe_api.lifecycle import FINAL_RUN
 from statepipe_api.v1 import statepipe_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,9 @@ class Scheduler:
         self.limits = Limits(self.settings.max_concurrency)
         self.hooks = Hooks(pipeline)
         self.actors: dict[str, RunActor] = {}
+        # Nodes waiting for child runs to end (control_plane/children.py).
+        self.waiters = Waiters()
+        self._background: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self._plans: dict[bytes, Plan] = {}
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
@@ -140,6 +147,14 @@ class Scheduler:
             self._plans[data] = self._plans[plan.spec_bytes] = plan
         return plan
 
+    async def registered_plan(self, name: str, version: str = "") -> Plan:
+        """The plan of a registered workflow (the latest version when none is given)."""
+        row = await self.store.get_workflow(name, version)
+        if row is None:
+            which = f"version {version!r} of " if version else ""
+            raise NotFound(f"{which}workflow {name!r} is not registered")
+        return self.plan_for(row.spec)
+
     # ------------------------------------------------------------------ runs
 
     async def start_run(
@@ -149,7 +164,10 @@ class Scheduler:
         *,
         idempotency_key: str = "",
         labels: dict[str, str] | None = None,
+        parent: tuple[str, str] | None = None,
     ) -> tuple[RunRow, bool]:
+        """Creates a run and starts driving it; `parent` (run id, node id) makes
+        it a child run (control_plane/children.py)."""
         run_input = storable(run_input)
         labels = storable(labels) if labels else labels
         idempotency_key = storable(idempotency_key)
@@ -165,13 +183,18 @@ class Scheduler:
                 existing = await self.store.find_run_by_key(idempotency_key)
                 if existing is not None:
                     return existing, False
-                run = await self._create_run(plan, run_input, idempotency_key, labels)
+                run = await self._create_run(plan, run_input, idempotency_key, labels, parent)
             self._locks.pop(f"key:{idempotency_key}", None)
             return run, True
-        return await self._create_run(plan, run_input, None, labels), True
+        return await self._create_run(plan, run_input, None, labels, parent), True
 
     async def _create_run(
-        self, plan: Plan, run_input: Any, key: str | None, labels: dict[str, str] | None
+        self,
+        plan: Plan,
+        run_input: Any,
+        key: str | None,
+        labels: dict[str, str] | None,
+        parent: tuple[str, str] | None = None,
     ) -> RunRow:
         run_id = uuid.uuid4().hex
         created = now()
@@ -184,6 +207,8 @@ class Scheduler:
             input=run_input,
             labels=dict(labels or {}),
             idempotency_key=key,
+            parent_run_id=parent[0] if parent else None,
+            parent_node_id=parent[1] if parent else None,
             node_counts={"PENDING": len(plan.nodes)} if plan.nodes else {},
             lease_owner=self.owner,
             created_at=created,
@@ -221,6 +246,36 @@ class Scheduler:
         actor.register()
         return actor
 
+    async def wait_ended(self, run_id: str) -> RunRow:
+        """The run once it is SUCCEEDED, FAILED or CANCELLED, durably so."""
+        while True:
+            future = self.waiters.add(run_id)
+            try:
+                actor = self.actors.get(run_id)
+                run = actor.run if actor is not None else await self.store.get_run(run_id)
+                if run is None:
+                    raise NotFound(f"run {run_id!r} not found")
+                if run.status in FINAL_RUN:
+                    await self.pipeline.flush()
+                    return dataclasses.replace(run)
+                # Driven here: its actor resolves the future as it ends. Else
+                # (paused, or driven by another control plane) look again soon.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.shield(future), None if actor is not None else CHILD_POLL_S
+                    )
+            finally:
+                self.waiters.discard(run_id, future)
+
+    def child_lock(self, parent_run_id: str, parent_node_id: str, key: str) -> asyncio.Lock:
+        return self._locks[f"child:{parent_run_id}:{parent_node_id}:{key}"]
+
+    def in_background(self, coro: Any) -> None:
+        """Runs `coro` beside everything else, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def run_snapshot(self, run_id: str) -> tuple[RunRow, list[NodeRow]]:
         actor = self.actors.get(run_id)
         if actor is not None:
@@ -246,7 +301,28 @@ class Scheduler:
             # The run as the control left it (nodes may move on during the flush).
             snapshot = dataclasses.replace(actor.run, node_counts=dict(actor.run.node_counts))
             await self.pipeline.flush()
-            return snapshot
+        if action in PROPAGATED:
+            await self._propagate(run_id, action)
+        return snapshot
+
+    async def _propagate(self, run_id: str, action: str) -> None:
+        """Passes a control on to the run's children it applies to (and theirs)."""
+        children = await self.store.list_runs(
+            RunFilter(statuses=PROPAGATED[action], parent_run_id=run_id), limit=10_000
+        )
+        reason = f"parent run {run_id} {action}"
+        await asyncio.gather(
+            *(self.control_quietly(child.run_id, action, reason=reason) for child in children)
+        )
+
+    async def control_quietly(self, run_id: str, action: str, *, reason: str = "") -> None:
+        """A control on a child run; a child that ended or moved on meanwhile is left be."""
+        try:
+            await self.control(run_id, action, reason=reason)
+        except (FailedPrecondition, NotFound):
+            pass
+        except Exception:
+            log.exception("run %s: cannot %s it", run_id, action)
 
     async def _hold(self, run_id: str, action: str, node_id: str) -> RunActor:
         """An actor for a control on a run no actor here drives (paused,

@@ -215,6 +215,8 @@ def _run_filter(request: pb.ListRunsRequest | pb.WatchRunsRequest) -> RunFilter:
             else None
         ),
         text=request.text,
+        parent_run_id=request.parent_run_id,
+        roots_only=request.roots_only,
     )
 
 
@@ -229,6 +231,10 @@ def _matches(flt: RunFilter, statuses: set[int], run: pb.Run) -> bool:
         labels = run.labels
         if any(labels.get(k) != v for k, v in flt.labels.items()):
             return False
+    if flt.parent_run_id and run.parent_run_id != flt.parent_run_id:
+        return False
+    if flt.roots_only and run.parent_run_id:
+        return False
     if flt.created_after or flt.created_before:
         created = run.created_at.ToDatetime(dt.UTC)
         if flt.created_after and created < flt.created_after:

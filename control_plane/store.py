@@ -142,6 +142,9 @@ class RunRow:
     node_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     # The sum of the nodes' numeric usage (control_plane/usage.py); None: none reported.
     usage: dict[str, Any] | None = None
+    # A child run's parent (control_plane/children.py); None for a client's run.
+    parent_run_id: str | None = None
+    parent_node_id: str | None = None
     last_seq: int = 0
     lease_owner: str | None = None
     lease_expires_at: dt.datetime | None = None
@@ -191,6 +194,8 @@ _RUN_MUTABLE = [
         "workflow_version",
         "spec",
         "idempotency_key",
+        "parent_run_id",
+        "parent_node_id",
         "created_at",
         "lease_expires_at",
     )
@@ -309,6 +314,8 @@ class RunFilter:
     created_after: dt.datetime | None = None
     created_before: dt.datetime | None = None
     text: str = ""
+    parent_run_id: str = ""
+    roots_only: bool = False
 
 
 # What ListRuns can order by: the SQL each name sorts on, as written in the
@@ -377,6 +384,11 @@ def _run_filter_sql(flt: RunFilter) -> tuple[list[str], list[Any]]:
     if flt.labels:
         where.append("labels @> %s")
         args.append(Jsonb(flt.labels))
+    if flt.parent_run_id:
+        where.append("parent_run_id = %s")
+        args.append(flt.parent_run_id)
+    if flt.roots_only:
+        where.append("parent_run_id IS NULL")
     if flt.created_after:
         where.append("created_at >= %s")
         args.append(flt.created_after)
@@ -539,6 +551,19 @@ class Store:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute("SELECT * FROM runs WHERE idempotency_key = %s", (idempotency_key,))
+            row = await cur.fetchone()
+        return RunRow(**row) if row else None
+
+    async def find_child(self, parent_run_id: str, parent_node_id: str, key: str) -> RunRow | None:
+        """The newest child run `parent_node_id` of `parent_run_id` started with `key`."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT * FROM runs WHERE parent_run_id = %s AND parent_node_id = %s"
+                " AND coalesce(labels->>'statepipe.child_key', '') = %s"
+                " ORDER BY created_at DESC LIMIT 1",
+                (parent_run_id, parent_node_id, key),
+            )
             row = await cur.fetchone()
         return RunRow(**row) if row else None
 

@@ -18,9 +18,6 @@ from typing import Any, Protocol
 
 # (kind, fields) -> None. Fields: message, level, data (dict), status.
 EventSink = Callable[[str, dict[str, Any]], None]
-# (workflow, input, version, key) -> the child run's output. The control plane
-# provides it (NodeContext.children); see NodeContext.run_workflow.
-ChildRuns = Callable[[str, Any, str, str], Awaitable[Any]]
 
 
 DRAIN_SLICE = 2000  # events from worker threads handled per event-loop callback
@@ -119,6 +116,21 @@ def merge_usage(usage: dict[str, Any], more: Mapping[str, Any]) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class ChildRuns(Protocol):
+    """Starts child runs for one node; the control plane provides it
+    (NodeContext.children, control_plane/children.py)."""
+
+    async def run_workflow(self, workflow: str, input: Any, version: str, key: str) -> Any:
+        """Runs a registered workflow as a child run; its output (see
+        NodeContext.run_workflow)."""
+        ...
+
+    async def run_item(self, index: int, item: Any) -> dict[str, Any]:
+        """Item `index` of a map node as a child run "<map>[<index>]"; when it
+        ended: {"run_id", "status", "output", "error"}."""
+        ...
 
 
 class Cancelled(Exception):
@@ -237,7 +249,7 @@ class NodeContext:
             raise NodeError(
                 "child workflows cannot be started where this node runs", retryable=False
             )
-        return await self.children(workflow, input, version, key)
+        return await self.children.run_workflow(workflow, input, version, key)
 
     # -- cancellation
     @property

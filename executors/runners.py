@@ -217,7 +217,12 @@ class NoopRunner:
 
 def builtin_runners() -> list[Runner]:
     """One of each built-in runner (imported here: each module imports its client library)."""
-    runners: list[Runner] = [PythonRunner(), NoopRunner()]
+    from executors.child_runners import MapRunner, WorkflowRunner
+    from executors.http_runner import HttpRunner
+    from executors.shell_runner import ShellRunner
+
+    runners: list[Runner] = [PythonRunner(), NoopRunner(), WorkflowRunner(), MapRunner()]
+    runners += [HttpRunner(), ShellRunner()]
     return runners
 
 

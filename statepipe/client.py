@@ -333,6 +333,17 @@ class Run(_Wrapper[pb.Run]):
         return {k.removeprefix("NODE_"): v for k, v in self.proto.node_counts.items()}
 
     @property
+    def parent_run_id(self) -> str | None:
+        """The run that started this one (a child run), else None."""
+        return self.proto.parent_run_id or None
+
+    @property
+    def parent_node_id(self) -> str | None:
+        """The node of the parent run that started this one ("<map>[<i>]" for a
+        map item), else None."""
+        return self.proto.parent_node_id or None
+
+    @property
     def usage(self) -> dict[str, Any] | None:
         """The sum over the run's nodes of each numeric key of their usage
         (tokens, cost, ...), None when no node reported any; in listings too."""
@@ -967,6 +978,9 @@ class AsyncClient:
         order_by: str | None = None,
         limit: int = 100,
         page_token: str | None = None,
+        *,
+        parent: str | None = None,
+        roots_only: bool = False,
     ) -> tuple[list[Run], str | None]:
         """One page of runs (arguments as :meth:`list_runs`; ``limit`` is the page size).
 
@@ -978,6 +992,8 @@ class AsyncClient:
             status, workflow, labels, text, created_after, created_before, order_by,
             limit, page_token,
         )  # fmt: skip
+        request.parent_run_id = parent or ""
+        request.roots_only = roots_only
         response = await self._unary("ListRuns", request)
         return [Run(r) for r in response.runs], response.next_page_token or None
 
@@ -992,6 +1008,9 @@ class AsyncClient:
         order_by: str | None = None,
         limit: int | None = 100,
         page_token: str | None = None,
+        *,
+        parent: str | None = None,
+        roots_only: bool = False,
     ) -> list[Run]:
         """Runs matching every filter given, newest first by default (without nodes).
 
@@ -1010,6 +1029,9 @@ class AsyncClient:
                 in both directions.
             limit: Most runs to return, following pages as needed; None for all.
             page_token: Start from this page (from ``list_runs_page``).
+            parent: Only the child runs of this run (started by its workflow,
+                map and agent nodes).
+            roots_only: Only runs a client started (no child runs).
 
         Raises:
             ValueError: Unknown status name.
@@ -1021,7 +1043,7 @@ class AsyncClient:
         while limit is None or len(runs) < limit:
             page, token = await self.list_runs_page(
                 status, workflow, labels, text, created_after, created_before, order_by,
-                _page_size(limit, len(runs)), token,
+                _page_size(limit, len(runs)), token, parent=parent, roots_only=roots_only,
             )  # fmt: skip
             runs.extend(page)
             if not token or not page:
@@ -1142,6 +1164,9 @@ class AsyncClient:
         created_after: _dt.datetime | None = None,
         created_before: _dt.datetime | None = None,
         order_by: str | None = None,
+        *,
+        parent: str | None = None,
+        roots_only: bool = False,
     ) -> AsyncStream[tuple[Run, bool]]:
         """Run summaries for a dashboard: a snapshot of current runs, then every change.
 
@@ -1158,6 +1183,8 @@ class AsyncClient:
             created_before: Only runs created before this time (naive means UTC).
             order_by: The snapshot's order, as in :meth:`list_runs` (default
                 newest first).
+            parent: Only the child runs of this run.
+            roots_only: Only runs a client started (no child runs).
 
         Returns:
             A stream (an :class:`AsyncStream`; a :class:`Stream` on
@@ -1167,6 +1194,8 @@ class AsyncClient:
         request = _watch_runs_request(
             status, workflow, snapshot_size, labels, text, created_after, created_before, order_by
         )
+        request.parent_run_id = parent or ""
+        request.roots_only = roots_only
         return self._stream("WatchRuns", request, _run_update)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> Run:

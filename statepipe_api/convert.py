@@ -356,9 +356,11 @@ def run_to_dict(run: pb.Run) -> dict[str, Any]:
     Returns:
         A dict with keys ``run_id, workflow_name, workflow_version, status, input,
         output, error, labels, idempotency_key, created_at, started_at,
-        finished_at, updated_at, last_seq, node_counts, usage, nodes``; ``usage``
-        is the sum of the nodes' numeric usage (None when no node reported
-        any, filled in listings too); ``nodes`` is a list of
+        finished_at, updated_at, last_seq, node_counts, usage, parent_run_id,
+        parent_node_id, nodes``; ``usage`` is the sum of the nodes' numeric
+        usage (None when no node reported any, filled in listings too);
+        ``parent_run_id`` and ``parent_node_id`` name the run and node that
+        started a child run (None for a run a client started); ``nodes`` is a list of
         :func:`node_to_dict` dicts (empty in listings).
     """
     return {
@@ -378,6 +380,8 @@ def run_to_dict(run: pb.Run) -> dict[str, Any]:
         "last_seq": run.last_seq,
         "node_counts": {_plain_status(k): v for k, v in run.node_counts.items()},
         "usage": _struct_or_none(run, "usage"),
+        "parent_run_id": run.parent_run_id or None,
+        "parent_node_id": run.parent_node_id or None,
         "nodes": [node_to_dict(node) for node in run.nodes],
     }
 

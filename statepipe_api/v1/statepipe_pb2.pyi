@@ -251,7 +251,7 @@ class NodeState(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., attempt: _Optional[int] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[str] = ..., queued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., after: _Optional[_Iterable[str]] = ..., traceback: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "workflow_name", "workflow_version", "status", "input", "output", "error", "labels", "idempotency_key", "created_at", "started_at", "finished_at", "updated_at", "last_seq", "nodes", "node_counts", "usage")
+    __slots__ = ("run_id", "workflow_name", "workflow_version", "status", "input", "output", "error", "labels", "idempotency_key", "created_at", "started_at", "finished_at", "updated_at", "last_seq", "nodes", "node_counts", "usage", "parent_run_id", "parent_node_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +283,8 @@ class Run(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     NODE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     workflow_name: str
     workflow_version: str
@@ -300,7 +302,9 @@ class Run(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[NodeState]
     node_counts: _containers.ScalarMap[str, int]
     usage: _struct_pb2.Struct
-    def __init__(self, run_id: _Optional[str] = ..., workflow_name: _Optional[str] = ..., workflow_version: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., node_counts: _Optional[_Mapping[str, int]] = ..., usage: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    parent_run_id: str
+    parent_node_id: str
+    def __init__(self, run_id: _Optional[str] = ..., workflow_name: _Optional[str] = ..., workflow_version: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeState, _Mapping]]] = ..., node_counts: _Optional[_Mapping[str, int]] = ..., usage: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., parent_run_id: _Optional[str] = ..., parent_node_id: _Optional[str] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("ref", "spec", "input", "idempotency_key", "labels")
@@ -346,7 +350,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("statuses", "workflow_name", "labels", "created_after", "created_before", "text", "order_by", "page_size", "page_token")
+    __slots__ = ("statuses", "workflow_name", "labels", "created_after", "created_before", "text", "order_by", "page_size", "page_token", "parent_run_id", "roots_only")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +367,8 @@ class ListRunsRequest(_message.Message):
     ORDER_BY_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOTS_ONLY_FIELD_NUMBER: _ClassVar[int]
     statuses: _containers.RepeatedScalarFieldContainer[RunStatus]
     workflow_name: str
     labels: _containers.ScalarMap[str, str]
@@ -372,7 +378,9 @@ class ListRunsRequest(_message.Message):
     order_by: str
     page_size: int
     page_token: str
-    def __init__(self, statuses: _Optional[_Iterable[_Union[RunStatus, str]]] = ..., workflow_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ..., order_by: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    parent_run_id: str
+    roots_only: bool
+    def __init__(self, statuses: _Optional[_Iterable[_Union[RunStatus, str]]] = ..., workflow_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ..., order_by: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., roots_only: _Optional[bool] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs", "next_page_token")
@@ -469,7 +477,7 @@ class ListEventsResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., next_after_seq: _Optional[int] = ...) -> None: ...
 
 class WatchRunsRequest(_message.Message):
-    __slots__ = ("statuses", "workflow_name", "snapshot_size", "labels", "created_after", "created_before", "text", "order_by")
+    __slots__ = ("statuses", "workflow_name", "snapshot_size", "labels", "created_after", "created_before", "text", "order_by", "parent_run_id", "roots_only")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -485,6 +493,8 @@ class WatchRunsRequest(_message.Message):
     CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOTS_ONLY_FIELD_NUMBER: _ClassVar[int]
     statuses: _containers.RepeatedScalarFieldContainer[RunStatus]
     workflow_name: str
     snapshot_size: int
@@ -493,7 +503,9 @@ class WatchRunsRequest(_message.Message):
     created_before: _timestamp_pb2.Timestamp
     text: str
     order_by: str
-    def __init__(self, statuses: _Optional[_Iterable[_Union[RunStatus, str]]] = ..., workflow_name: _Optional[str] = ..., snapshot_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ..., order_by: _Optional[str] = ...) -> None: ...
+    parent_run_id: str
+    roots_only: bool
+    def __init__(self, statuses: _Optional[_Iterable[_Union[RunStatus, str]]] = ..., workflow_name: _Optional[str] = ..., snapshot_size: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ..., order_by: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., roots_only: _Optional[bool] = ...) -> None: ...
 
 class RunSummaryUpdate(_message.Message):
     __slots__ = ("run", "snapshot")

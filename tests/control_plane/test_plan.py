@@ -8,6 +8,7 @@ from control_plane.expressions import (
     ExpressionError,
     condition_tree,
     evaluate,
+    item_template,
     render,
     template_references,
 )
@@ -50,6 +51,22 @@ def test_a_whole_placeholder_keeps_its_type_and_embedded_ones_become_text() -> N
     assert render("x={{ input.x }}, tags={{ input.tags }}", SCOPE) == 'x=3, tags=["a", "b"]'
     assert render({"a": ["{{ input.name }}", 1], "b": None}, SCOPE) == {"a": ["ada", 1], "b": None}
     assert render("no templates", SCOPE) == "no templates"
+    # A string that starts and ends with placeholders holds two, not one.
+    assert render("{{ input.x }} by {{ input.name }}", SCOPE) == "3 by ada"
+    assert render("{{ input.tags }}{{ input.x }}", SCOPE) == '["a", "b"]3'
+
+
+def test_a_map_item_template_moves_its_names_under_the_item_input() -> None:
+    moved = item_template(
+        {"a": "{{ item.url }}", "b": "#{{ index }} of {{ nodes.fetch-page.output.ok }}", "c": 1}
+    )
+    assert moved == {
+        "a": "{{ input.item.url }}",
+        "b": "#{{ input.index }} of {{ input.nodes['fetch-page'].output.ok }}",
+        "c": 1,
+    }
+    scope = {"input": {"item": {"url": "u"}, "index": 2, **SCOPE}}
+    assert render(moved, scope) == {"a": "u", "b": "#2 of true", "c": 1}
 
 
 def test_conditions() -> None:

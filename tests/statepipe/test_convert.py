@@ -446,6 +446,8 @@ RUN_KEYS = [
     "last_seq",
     "node_counts",
     "usage",
+    "parent_run_id",
+    "parent_node_id",
     "nodes",
 ]
 NODE_KEYS = [
@@ -563,6 +565,8 @@ def test_run_to_dict_of_an_empty_run_has_every_key() -> None:
         "last_seq": 0,
         "node_counts": {},
         "usage": None,
+        "parent_run_id": None,
+        "parent_node_id": None,
         "nodes": [],
     }
 

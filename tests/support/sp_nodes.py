@@ -186,7 +186,9 @@ def where(ctx: Any) -> dict[str, Any]:
     try:
         import ray
 
-        if ray.is_initialized():
+        # A Ray worker (a driver in the same process as a Ray test has Ray
+        # initialized too, but no assigned resources).
+        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
             context = ray.get_runtime_context()
             out.update(
                 ray_node_id=context.get_node_id(),
