@@ -116,7 +116,8 @@ class ExecutionMixin:
             node.finished_at = now()
             if output is not None:
                 self.emit("output", node_id=node_id, attempt=node.attempt, data={"output": output})
-            self.set_node(node, "SUCCEEDED")
+            # The final event carries the usage (tokens, time to first token, cost).
+            self.set_node(node, "SUCCEEDED", data={"usage": node.usage} if node.usage else None)
             self.frontier.complete(node_id)  # type: ignore[union-attr]
             await self.hooks.call(self.plan, "on_success", self.hook_ctx(node), node_plan.metadata)
         except asyncio.CancelledError:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -99,6 +100,28 @@ class Shape:
 # ------------------------------------------------------------------ the actor
 
 
+# An event a worker sends on its stream to ask the driver for a child run (an
+# agent's workflow tool): the driver answers it through NodeWorker.child_done
+# and never relays it.
+CHILD_REQUEST = "statepipe.child_run"
+
+
+class _WorkerChildren:
+    """ChildRuns inside a Ray worker: the driver starts the child run (through
+    the control plane, which owns runs) and sends back its output."""
+
+    def __init__(self, worker: NodeWorker, call: int) -> None:
+        self._worker = worker
+        self._call = call
+
+    async def run_workflow(self, workflow: str, input: Any, version: str, key: str) -> Any:
+        request = {"workflow": workflow, "input": input, "version": version, "key": key}
+        return await self._worker.ask_child(self._call, request)
+
+    async def run_item(self, index: int, item: Any) -> dict[str, Any]:
+        raise NodeError("map items start in the control plane, not on a Ray worker")
+
+
 class NodeWorker:
     """Runs nodes inside a Ray worker process (an async actor)."""
 
@@ -107,6 +130,30 @@ class NodeWorker:
         self._queues: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         self._pumped: dict[int, int] = {}
         self._have = asyncio.Event()
+        # Child runs asked for and not answered yet: (call, ask) -> its answer.
+        self._asks: dict[tuple[int, int], asyncio.Future[tuple[str, Any]]] = {}
+        self._ask_ids = itertools.count()
+
+    async def ask_child(self, call: int, request: dict[str, Any]) -> Any:
+        """Asks the driver for a child run and waits for its output."""
+        ask = next(self._ask_ids)
+        answer: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asks[(call, ask)] = answer
+        self._push(call, CHILD_REQUEST, {"ask": ask, **request})
+        try:
+            outcome, value = await answer
+        finally:
+            self._asks.pop((call, ask), None)
+        if outcome == "ok":
+            return value
+        message, retryable = value
+        raise NodeError(message, retryable=retryable)
+
+    async def child_done(self, call: int, ask: int, outcome: str, value: Any) -> None:
+        """The driver's answer to ask_child: ("ok", output) or ("error", (message, retryable))."""
+        answer = self._asks.get((call, ask))
+        if answer is not None and not answer.done():
+            answer.set_result((outcome, value))
 
     async def info(self) -> dict[str, Any]:
         context = ray.get_runtime_context()
@@ -129,6 +176,7 @@ class NodeWorker:
         self._pumped[call] = 0
         loop = asyncio.get_running_loop()
         ctx = NodeContext(task, lambda kind, fields: self._push(call, kind, fields), loop)
+        ctx.children = _WorkerChildren(self, call)
         try:
             runner = self._runners.get(task.kind)
             if runner is None:
@@ -189,13 +237,42 @@ RemoteNodeWorker = ray.remote(NodeWorker)
 class _Call:
     """A node running on a worker: where its streamed events go."""
 
-    __slots__ = ("caught_up", "ctx", "received", "target")
+    __slots__ = ("answering", "caught_up", "ctx", "received", "target")
 
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         self.received = 0
         self.target = -1
         self.caught_up: asyncio.Event | None = None
+        # Child runs this node asked for, being started and waited for here.
+        self.answering: set[asyncio.Task[None]] = set()
+
+    def deliver(self, worker: _Worker, call_id: int, kind: str, fields: dict[str, Any]) -> None:
+        """One event from the worker: relayed, or a child-run request answered."""
+        if kind != CHILD_REQUEST:
+            self.ctx.relay(kind, fields)
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(worker, call_id, fields))
+        self.answering.add(task)
+        task.add_done_callback(self.answering.discard)
+
+    async def _answer(self, worker: _Worker, call_id: int, ask: dict[str, Any]) -> None:
+        outcome: tuple[str, Any]
+        try:
+            output = await self.ctx.run_workflow(
+                ask["workflow"], ask.get("input"), version=ask["version"], key=ask["key"]
+            )
+            outcome = ("ok", output)
+        except NodeError as err:
+            outcome = ("error", (str(err), err.retryable))
+        except Exception as err:
+            outcome = ("error", (describe_error(err), True))
+        with contextlib.suppress(ray.exceptions.RayError):
+            await worker.actor.child_done.remote(call_id, ask["ask"], *outcome)
+
+    def stop_answering(self) -> None:
+        for task in self.answering:
+            task.cancel()
 
 
 class _Worker:
@@ -416,7 +493,7 @@ class RayExecutor:
             if call.received < pumped:
                 await self._catch_up(worker, call, pumped)
             for kind, fields in tail:
-                ctx.relay(kind, fields)
+                call.deliver(worker, call_id, kind, fields)
             merge_usage(ctx.usage, usage)
             if outcome != "ok":
                 message, retryable, traceback, retry_after_ms = value
@@ -429,6 +506,7 @@ class RayExecutor:
             return value
         finally:
             worker.calls.pop(call_id, None)
+            call.stop_answering()
             if not handed_back:
                 pool.release(worker)
 
@@ -518,7 +596,7 @@ class RayExecutor:
                     if call is None:
                         continue
                     for kind, fields in events:
-                        call.ctx.relay(kind, fields)
+                        call.deliver(worker, call_id, kind, fields)
                     relayed = call.ctx
                     call.received += len(events)
                     if call.caught_up is not None and call.received >= call.target:
