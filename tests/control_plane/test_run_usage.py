@@ -190,3 +190,18 @@ async def test_migration_0004_gives_runs_stored_before_it_their_nodes_total(
         assert none.usage is None
     finally:
         await store.close()
+
+
+@pytest.mark.both_executors
+def test_a_nodes_final_event_carries_its_usage(client: Client) -> None:
+    run = client.wait(
+        client.start_run({"name": "final-usage", "nodes": [py("m", "metered", args={})]}),
+        timeout=60,
+    )
+    assert run.status == "SUCCEEDED"
+    [done] = [
+        e for e in client.watch(run.run_id) if e.kind == "node_status" and e.status == "SUCCEEDED"
+    ]
+    assert done.data is not None
+    assert_usage(done.data["usage"], 1)
+    assert done.data["usage"] == run.node("m").usage
