@@ -219,10 +219,12 @@ def builtin_runners() -> list[Runner]:
     """One of each built-in runner (imported here: each module imports its client library)."""
     from executors.child_runners import MapRunner, WorkflowRunner
     from executors.http_runner import HttpRunner
+    from executors.llm_runner import AgentRunner, LlmRunner
     from executors.shell_runner import ShellRunner
 
     runners: list[Runner] = [PythonRunner(), NoopRunner(), WorkflowRunner(), MapRunner()]
     runners += [HttpRunner(), ShellRunner()]
+    runners += [LlmRunner(), AgentRunner()]
     return runners
 
 

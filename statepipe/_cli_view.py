@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import shlex
 import sys
 import threading
@@ -707,26 +708,87 @@ def print_table(console: Console, headers: list[str], rows: list[list[Cell]]) ->
         console.print(line.rstrip(), markup=False)
 
 
-def print_runs(console: Console, runs: Iterable[Run]) -> None:
+def print_runs(
+    console: Console,
+    runs: Iterable[Run],
+    *,
+    parent_run: bool = False,
+    parent_node: bool = False,
+) -> None:
     """``ls``: a row per run. WALL TIME is first start to finish (or to now),
     time a resumed run sat FAILED or INTERRUPTED included; ``inspect`` tells the
-    running time."""
+    running time.
+
+    Args:
+        console: Where to print.
+        runs: The runs.
+        parent_run: Add a PARENT column: a child run's parent run id.
+        parent_node: Add a PARENT NODE column: the parent's node that started
+            a child run (``<map>[<i>]`` for a map item).
+    """
     headers = ["RUN ID", "WORKFLOW", "STATUS", "NODES", "CREATED", "WALL TIME"]
+    headers += ["PARENT"] * parent_run + ["PARENT NODE"] * parent_node
     rows: list[list[Cell]] = []
     for run in runs:
         counts = run.node_counts
         done = sum(v for k, v in counts.items() if k in FINAL_NODE)
-        rows.append(
-            [
-                run.run_id,
-                f"{run.workflow_name}@{run.workflow_version}",
-                status_text(run.status),
-                f"{done}/{sum(counts.values())}",
-                local_time(run.created_at, date=True),
-                duration(span(run.started_at, run.finished_at)),
-            ]
-        )
+        row: list[Cell] = [
+            run.run_id,
+            f"{run.workflow_name}@{run.workflow_version}",
+            status_text(run.status),
+            f"{done}/{sum(counts.values())}",
+            local_time(run.created_at, date=True),
+            duration(span(run.started_at, run.finished_at)),
+        ]
+        if parent_run:
+            row.append(run.parent_run_id or "")
+        if parent_node:
+            row.append(run.parent_node_id or "")
+        rows.append(row)
     print_table(console, headers, rows)
+
+
+#: Child runs ``inspect`` lists (the rest: a count and ``ls --parent``).
+CHILDREN_SHOWN = 20
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _natural(text: str) -> list[tuple[int, int, str]]:
+    """A sort key putting ``map[2]`` before ``map[10]``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(text)]
+
+
+def print_children(
+    console: Console,
+    run_id: str,
+    children: Sequence[Run],
+    *,
+    again: Callable[..., str] = command_line,
+) -> None:
+    """``inspect``'s children section: a header with their count by status, then
+    the first :data:`CHILDREN_SHOWN` by parent node (map items in index order)."""
+    counts: dict[str, int] = {}
+    for child in children:
+        counts[child.status] = counts.get(child.status, 0) + 1
+    header = Text("children", style="bold")
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    header.append(f" ({len(children)}: {summary})")
+    console.print(header)
+    shown = sorted(children[:CHILDREN_SHOWN], key=lambda c: _natural(c.parent_node_id or ""))
+    rows: list[list[Cell]] = [
+        [
+            child.parent_node_id or "",
+            status_text(child.status),
+            f"{child.workflow_name}@{child.workflow_version}",
+            child.run_id,
+        ]
+        for child in shown
+    ]
+    print_table(console, ["NODE", "STATUS", "WORKFLOW", "RUN ID"], rows)
+    left = len(children) - len(shown)
+    if left:
+        hint = again("ls", "--parent", run_id, "--limit", str(len(children)))
+        console.print(Text(f"… and {left} more ({hint})", style="dim"))
 
 
 TABLE_ERROR_CHARS = 120  # of a node's error in inspect's table (in full below it)
@@ -739,9 +801,11 @@ def print_run(
     running_s: float | None = None,
     traceback_lines: int | None = None,
     again: Callable[..., str] = command_line,
+    children: Sequence[Run] = (),
 ) -> None:
-    """``inspect``'s human view of a run: its fields, a table of its nodes, then
-    the tracebacks of failed nodes.
+    """``inspect``'s human view of a run: its fields (a child run's parent among
+    them), a table of its nodes, its child runs, then the tracebacks of failed
+    nodes.
 
     Args:
         console: Where to print.
@@ -749,13 +813,19 @@ def print_run(
         running_s: Its running time (:func:`run_time`); None: the wall clock.
         traceback_lines: Show only the last lines of a traceback (None: all).
         again: Makes the command line of a hint (with the connection options).
+        children: Its child runs, oldest first (:func:`print_children`).
     """
     fields: list[tuple[str, Cell]] = [
         ("run", run.run_id),
         ("workflow", f"{run.workflow_name} (version {run.workflow_version})"),
         ("status", status_text(run.status)),
-        ("created", local_time(run.created_at, date=True)),
     ]
+    if run.parent_run_id:
+        parent = f"child of run {run.parent_run_id}"
+        if run.parent_node_id:
+            parent += f" node {run.parent_node_id}"
+        fields.append(("parent", parent))
+    fields.append(("created", local_time(run.created_at, date=True)))
     if run.started_at:
         fields.append(("started", local_time(run.started_at, date=True)))
     if run.finished_at:
@@ -805,6 +875,9 @@ def print_run(
             ]
         )
     print_table(console, ["NODE", "KIND", "STATUS", "ATTEMPT", "TIME", "OUTPUT / ERROR"], rows)
+    if children:
+        console.print("")
+        print_children(console, run.run_id, children, again=again)
     for node in run.nodes:
         traceback = node_traceback(node) if node.status in ("FAILED", "RETRY_WAIT") else ""
         if traceback:
@@ -832,6 +905,7 @@ __all__ = [
     "node_table",
     "node_traceback",
     "notice_line",
+    "print_children",
     "print_run",
     "print_runs",
     "print_table",

@@ -1409,7 +1409,8 @@ def resume(run_id: str, verbose: bool, live: bool, output_path: str | None, as_j
 @_handle_errors
 def inspect(run_id: str, as_json: bool, verbose: bool) -> None:
     """Show a run: status, times, input, output, every node's attempts and output
-    or error, and the tracebacks of failed nodes.
+    or error, the child runs its workflow and map nodes started, and the
+    tracebacks of failed nodes. A child run names its parent run and node.
 
     The duration is the time the run was running (or paused); a resumed run's
     time FAILED or INTERRUPTED is left out (and the wall clock shown too).
@@ -1419,11 +1420,26 @@ def inspect(run_id: str, as_json: bool, verbose: bool) -> None:
     with _connection("read", run_id) as conn:
         run = conn.client.get_run(run_id)
         running_s = None if as_json else run_time(conn.client, run)
+        children = [] if as_json else _children(conn.client, run_id)
     if as_json:
         _write_json(run.to_dict(), indent=2)
     else:
         tail = None if verbose else TRACEBACK_TAIL_LINES
-        print_run(stdout_console(), run, running_s=running_s, traceback_lines=tail, again=_again)
+        print_run(
+            stdout_console(),
+            run,
+            running_s=running_s,
+            traceback_lines=tail,
+            again=_again,
+            children=children,
+        )
+
+
+def _children(client: Client, run_id: str) -> list[Run]:
+    """A run's child runs, oldest first (without nodes)."""
+    runs = client.list_runs(parent=run_id, order_by="created_at", limit=None)
+    # A server older than child runs ignores the filter and lists every run.
+    return [r for r in runs if r.parent_run_id == run_id]
 
 
 @main.command("ls", context_settings={"max_content_width": 100})
@@ -1444,26 +1460,59 @@ def inspect(run_id: str, as_json: bool, verbose: bool) -> None:
     show_default=True,
     help="Most runs to list.",
 )
+@click.option(
+    "--parent",
+    metavar="RUN_ID",
+    help="Only the child runs of this run (started by its workflow and map nodes).",
+)
+@click.option(
+    "--all",
+    "all_runs",
+    is_flag=True,
+    help="Child runs too (by default only the runs a client started).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of runs.")
 @_connection_options
 @_handle_errors
-def ls(statuses: tuple[str, ...], workflow: str | None, limit: int, as_json: bool) -> None:
-    """List runs, newest first."""
+def ls(
+    statuses: tuple[str, ...],
+    workflow: str | None,
+    limit: int,
+    parent: str | None,
+    all_runs: bool,
+    as_json: bool,
+) -> None:
+    """List runs, newest first: the runs a client started, or with --all child
+    runs too (the runs a workflow or map node started), or with --parent RUN_ID
+    the children of that run."""
     from statepipe._cli_view import print_runs, stdout_console
 
     with _connection("read") as conn:
         # One more than asked for tells whether the list is cut.
         runs = conn.client.list_runs(
-            status=[s.upper() for s in statuses] or None, workflow=workflow, limit=limit + 1
+            status=[s.upper() for s in statuses] or None,
+            workflow=workflow,
+            limit=limit + 1,
+            parent=parent or None,
+            roots_only=not (all_runs or parent),
         )
+        if parent and not runs:
+            conn.client.get_run(parent)  # an unknown run is NOT_FOUND, not an empty list
     more, runs = len(runs) > limit, runs[:limit]
     if as_json:
         _write_json([r.to_dict() for r in runs], indent=2)
     elif runs:
-        print_runs(stdout_console(), runs)
+        print_runs(
+            stdout_console(),
+            runs,
+            parent_node=bool(parent) or any(r.parent_run_id for r in runs),
+            parent_run=not parent and any(r.parent_run_id for r in runs),
+        )
         if more:
             shown = f"{limit} runs" if limit != 1 else "run"
             click.echo(f"the newest {shown} shown; there are more (--limit N shows N)", err=True)
+    elif parent:
+        click.echo(f"run {parent} has no child runs", err=True)
     else:
         click.echo("no runs", err=True)
 

@@ -1,11 +1,11 @@
 """The Python SDK: write a workflow as decorated functions, get a ``WorkflowSpec``.
 
-A :class:`Workflow` collects nodes (``@wf.node``) and hooks (``@wf.on_success``,
-...) and compiles them to the same spec a YAML or JSON file holds
-(:meth:`Workflow.to_spec`), so the control plane never sees anything but data.
-Each node is a ``kind: python`` node whose ``params.callable`` is the
-function's ``module:qualname``: the server imports it, so node functions must
-be defined at module level::
+A :class:`Workflow` collects nodes (``@wf.node``, :meth:`Workflow.add_node`)
+and hooks (``@wf.on_success``, ...) and compiles them to the same spec a YAML
+or JSON file holds (:meth:`Workflow.to_spec`), so the control plane never sees
+anything but data. A decorated function is a ``kind: python`` node whose
+``params.callable`` is the function's ``module:qualname``: the server imports
+it, so node functions must be defined at module level::
 
     from statepipe import Retry, Workflow
 
@@ -30,6 +30,28 @@ How a parameter gets its value (the rest of the signature is left alone):
 * a parameter named ``input`` receives the whole run input;
 * any other parameter without a default receives ``input.<name>``;
 * ``args=`` of :meth:`Workflow.node` sets (or overrides) any parameter.
+
+Nodes of the other kinds (``shell``, ``http``, ``llm``, ``agent``, ``workflow``,
+``map``, a plugin's) are declared with :meth:`Workflow.add_node`, their params
+as a spec file holds them, mixed with the decorated functions in declaration
+order; :meth:`Workflow.workflow` and :meth:`Workflow.map` are shorthands for
+the two kinds that start child runs. A function's parameter named after such
+a node receives its output too::
+
+    wf.workflow("report", "monthly-report", input={"month": "{{ input.month }}"})
+    wf.map(
+        "pages",
+        "{{ nodes.report.output.build.urls }}",
+        node={"kind": "http", "params": {"url": "{{ item }}"}},
+        after=["report"],
+    )
+
+    @wf.node
+    def count(pages: list) -> int:        # pages <- {{ nodes.pages.output }}
+        return len(pages)
+
+The SDK does not check a kind's params: the server does when the workflow is
+registered, and refuses a bad one (INVALID_ARGUMENT naming the node and field).
 
 :func:`load_target` turns what a person types on the command line
 (``flow.py[:wf]``, ``flow.yaml``, or a registered workflow's name) into a spec.
@@ -140,19 +162,52 @@ def _check_int(what: str, value: Any, low: int, high: int) -> None:
         raise ValueError(f"{what} must be at most {high}, got {value}")
 
 
+def _check_options(
+    where: str,
+    retry: Retry | Mapping[str, Any] | None,
+    timeout_ms: int,
+    when: str | None,
+    concurrency_key: str,
+    continue_on_failure: bool,
+    **dicts: Mapping[str, Any] | None,
+) -> Retry | None:
+    """Checks the options every node has; returns ``retry`` as a Retry (or None)."""
+    if retry is not None and not isinstance(retry, Retry):
+        if not isinstance(retry, Mapping):
+            raise TypeError(f"{where}: retry must be a Retry, got {type(retry).__name__}")
+        retry = Retry(**retry)
+    _check_int(f"{where}: timeout_ms", timeout_ms, 0, _INT64_MAX)
+    if when is not None and not isinstance(when, str):
+        raise TypeError(f"{where}: when must be a string, got {type(when).__name__}")
+    if not isinstance(concurrency_key, str):
+        raise TypeError(f"{where}: concurrency_key must be a string")
+    if not isinstance(continue_on_failure, bool):
+        raise TypeError(f"{where}: continue_on_failure must be True or False")
+    for field, value in dicts.items():
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(f"{where}: {field} must be a dict, got {type(value).__name__}")
+    return retry
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy of params as JSON data: a Retry becomes its dict, a tuple a list."""
+    if isinstance(value, Retry):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return copy.deepcopy(value)
+
+
 # -------------------------------------------------------------------- nodes
 
 
 @dataclass
-class _Node:
-    """A decorated function and everything said about it at decoration time."""
+class _Declared:
+    """What any node declares, whatever its kind."""
 
     id: str
-    fn: Callable[..., Any]
-    callable_path: str
-    pass_ctx: bool
-    # (name, has_default) for each parameter that can be passed by keyword.
-    params: list[tuple[str, bool]]
     after: list[str]
     retry: Retry | None
     timeout_ms: int
@@ -162,8 +217,37 @@ class _Node:
     labels: dict[str, str] | None
     metadata: dict[str, Any] | None
     continue_on_failure: bool
+
+    def describe(self) -> str:
+        """What the node runs, for a message."""
+        raise NotImplementedError
+
+
+@dataclass
+class _FunctionNode(_Declared):
+    """A decorated function (a ``python`` node) and what was said about it."""
+
+    fn: Callable[..., Any]
+    callable_path: str
+    pass_ctx: bool
+    # (name, has_default) for each parameter that can be passed by keyword.
+    params: list[tuple[str, bool]]
     isolation: str
     args: dict[str, Any]
+
+    def describe(self) -> str:
+        return self.callable_path
+
+
+@dataclass
+class _KindNode(_Declared):
+    """A node of any kind declared by :meth:`Workflow.add_node`, its params as given."""
+
+    kind: str
+    params: dict[str, Any]
+
+    def describe(self) -> str:
+        return f"kind {self.kind}"
 
 
 def _import_path(fn: Any, what: str) -> str:
@@ -267,7 +351,7 @@ class Workflow:
         self.concurrency = concurrency
         self.labels = labels
         self.metadata = metadata
-        self._nodes: dict[str, _Node] = {}
+        self._nodes: dict[str, _FunctionNode | _KindNode] = {}
         self._hooks: dict[str, str] = {}
 
     @property
@@ -414,30 +498,23 @@ class Workflow:
         node_id = id if id is not None else getattr(fn, "__name__", path.rpartition(".")[2])
         if not isinstance(node_id, str) or not node_id.strip():
             raise TypeError(f"node {path}: id must be a non-empty string, got {node_id!r}")
-        where = f"node {node_id!r}"
-        if node_id in self._nodes:
-            other = self._nodes[node_id].callable_path
-            raise ValueError(f"{where} is declared twice in workflow {self._name!r} ({other})")
+        where = self._check_new_id(node_id)
         pass_ctx, params, var_keyword = _signature(fn, path)
-
-        if retry is not None and not isinstance(retry, Retry):
-            if not isinstance(retry, Mapping):
-                raise TypeError(f"{where}: retry must be a Retry, got {type(retry).__name__}")
-            retry = Retry(**retry)
-        _check_int(f"{where}: timeout_ms", timeout_ms, 0, _INT64_MAX)
-        if when is not None and not isinstance(when, str):
-            raise TypeError(f"{where}: when must be a string, got {type(when).__name__}")
-        if not isinstance(concurrency_key, str):
-            raise TypeError(f"{where}: concurrency_key must be a string")
-        if not isinstance(continue_on_failure, bool):
-            raise TypeError(f"{where}: continue_on_failure must be True or False")
+        retry = _check_options(
+            where,
+            retry,
+            timeout_ms,
+            when,
+            concurrency_key,
+            continue_on_failure,
+            resources=resources,
+            labels=labels,
+            metadata=metadata,
+        )
         if isolation not in _ISOLATIONS:
             raise ValueError(f"{where}: isolation must be 'thread' or 'process', got {isolation!r}")
         if isolation == "process" and inspect.iscoroutinefunction(fn):
             raise ValueError(f"{where}: an async function cannot use isolation='process'")
-        for field, value in (("resources", resources), ("labels", labels), ("metadata", metadata)):
-            if value is not None and not isinstance(value, Mapping):
-                raise TypeError(f"{where}: {field} must be a dict, got {type(value).__name__}")
 
         if args is not None and not isinstance(args, Mapping):
             raise TypeError(f"{where}: args must be a dict, got {type(args).__name__}")
@@ -451,12 +528,8 @@ class Workflow:
             if key not in names and not var_keyword:
                 raise TypeError(f"{where}: args[{key!r}]: {path} has no parameter {key!r}")
 
-        self._nodes[node_id] = _Node(
+        self._nodes[node_id] = _FunctionNode(
             id=node_id,
-            fn=fn,
-            callable_path=path,
-            pass_ctx=pass_ctx,
-            params=params,
             after=self._resolve_after(where, after),
             retry=retry,
             timeout_ms=timeout_ms,
@@ -466,9 +539,186 @@ class Workflow:
             labels=labels,
             metadata=metadata,
             continue_on_failure=continue_on_failure,
+            fn=fn,
+            callable_path=path,
+            pass_ctx=pass_ctx,
+            params=params,
             isolation=isolation,
             args=given,
         )
+
+    def add_node(
+        self,
+        id: str,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        after: Sequence[str | Callable[..., Any]] | str | Callable[..., Any] = (),
+        retry: Retry | Mapping[str, Any] | None = None,
+        timeout_ms: int = 0,
+        resources: dict[str, Any] | None = None,
+        when: str | None = None,
+        concurrency_key: str = "",
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        continue_on_failure: bool = False,
+    ) -> str:
+        """Declares a node of any kind (``shell``, ``http``, ``llm``, ``map``, ...).
+
+        The node lands in the spec as given, in declaration order among the
+        decorated functions. A decorated function's parameter named after it
+        receives its output, as for a function node::
+
+            wf.add_node("hello", "shell", {"argv": ["echo", "hello"]})
+
+            @wf.node
+            def shout(hello):  # hello <- {{ nodes.hello.output }}
+                return hello["stdout"].upper()
+
+        Args:
+            id: The node id.
+            kind: The node kind: a built-in one or a runner plugin's.
+            params: The kind's params, static or templated
+                (``"{{ nodes.a.output.x }}"``), as a spec file holds them. They
+                are not checked here: the server checks them when the workflow
+                is registered (INVALID_ARGUMENT naming the node and the field).
+                A :class:`Retry` among them (a ``map`` template's ``retry``)
+                becomes its dict.
+            after: Nodes that must finish first: ids, or functions declared as
+                nodes of this workflow. Templates in ``params`` do not add
+                dependencies: name the nodes they read here.
+            retry: The retry policy (a :class:`Retry` or its dict; default:
+                one attempt).
+            timeout_ms: Timeout of one attempt in milliseconds (0: none).
+            resources: ``{"cpus": n, "gpus": n, "memory": bytes, "custom": {...}}``.
+            when: A condition such as ``"nodes.plan.output.tool == 'search'"``;
+                false skips the node (its dependents treat it as done).
+            concurrency_key: Nodes sharing a key share its concurrency limit.
+            labels: String labels of the node.
+            metadata: Free JSON metadata of the node.
+            continue_on_failure: Let dependents run when this node fails for good.
+
+        Returns:
+            The node id, for ``after=`` of later nodes.
+
+        Raises:
+            TypeError: An argument has the wrong type (``params`` not a dict,
+                ``kind`` not a string, ...).
+            ValueError: A duplicate id, an empty id or kind, an ``after``
+                function that is not a node of this workflow, or a value out
+                of range.
+        """
+        if not isinstance(id, str):
+            raise TypeError(f"a node id must be a string, got {type(id).__name__}")
+        if not id.strip():
+            raise ValueError("a node id must not be empty")
+        where = self._check_new_id(id)
+        if not isinstance(kind, str):
+            raise TypeError(f"{where}: kind must be a string, got {type(kind).__name__}")
+        if not kind.strip():
+            raise ValueError(f"{where}: kind must not be empty")
+        if params is not None and not isinstance(params, Mapping):
+            raise TypeError(f"{where}: params must be a dict, got {type(params).__name__}")
+        given = dict(params or {})
+        for key in given:
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: params keys must be strings, got {key!r}")
+        retry = _check_options(
+            where,
+            retry,
+            timeout_ms,
+            when,
+            concurrency_key,
+            continue_on_failure,
+            resources=resources,
+            labels=labels,
+            metadata=metadata,
+        )
+        self._nodes[id] = _KindNode(
+            id=id,
+            after=self._resolve_after(where, after),
+            retry=retry,
+            timeout_ms=timeout_ms,
+            resources=resources,
+            when=when,
+            concurrency_key=concurrency_key,
+            labels=labels,
+            metadata=metadata,
+            continue_on_failure=continue_on_failure,
+            kind=kind,
+            params=given,
+        )
+        return id
+
+    def workflow(
+        self,
+        id: str,
+        name: str,
+        input: Any = None,
+        *,
+        version: str = "",
+        **options: Any,
+    ) -> str:
+        """Declares a ``workflow`` node: runs the registered workflow ``name`` as
+        a child run; its output is the child's output (each sink node's by id).
+
+        Args:
+            id: The node id.
+            name: The registered workflow to run.
+            input: The child's input, static or templated (default: null).
+            version: Its version (default: the latest when the node runs).
+            **options: Node options, as for :meth:`add_node` (``after``,
+                ``retry``, ``timeout_ms``, ...).
+
+        Returns:
+            The node id.
+
+        Raises:
+            TypeError, ValueError: As :meth:`add_node`.
+        """
+        params = {"workflow": name, "version": version, "input": input}
+        given = {k: v for k, v in params.items() if v is not None and v != ""}
+        return self.add_node(id, "workflow", given, **options)
+
+    def map(
+        self,
+        id: str,
+        items: list[Any] | str,
+        node: Mapping[str, Any],
+        *,
+        max_concurrency: int | None = None,
+        **options: Any,
+    ) -> str:
+        """Declares a ``map`` node: runs the node template ``node`` once per item,
+        each as a child run ``<id>[<i>]``; its output is the items' outputs, in order.
+
+        Args:
+            id: The node id.
+            items: A list, or a template giving one (``"{{ nodes.plan.output }}"``).
+            node: The template: ``{"kind": ..., "params": ..., "retry": ...}``,
+                as a node of a spec; its templates may read ``item`` and ``index``.
+            max_concurrency: Most items running at once (default: the server's, 16).
+            **options: Node options, as for :meth:`add_node`. Its
+                ``continue_on_failure`` is the map node's own (dependents run when
+                the map fails); for failed items to give null and the map to
+                succeed, use ``add_node(id, "map", {..., "continue_on_failure": True})``.
+
+        Returns:
+            The node id.
+
+        Raises:
+            TypeError, ValueError: As :meth:`add_node`.
+        """
+        limit = {} if max_concurrency is None else {"max_concurrency": max_concurrency}
+        return self.add_node(id, "map", {"items": items, "node": node, **limit}, **options)
+
+    def _check_new_id(self, node_id: str) -> str:
+        """``node 'x'`` (how messages name the node), or ValueError if it is taken."""
+        where = f"node {node_id!r}"
+        if node_id in self._nodes:
+            other = self._nodes[node_id].describe()
+            raise ValueError(f"{where} is declared twice in workflow {self._name!r} ({other})")
+        return where
 
     def _resolve_after(
         self, where: str, after: Sequence[str | Callable[..., Any]] | str | Callable[..., Any]
@@ -479,7 +729,11 @@ class Workflow:
             if isinstance(item, str):
                 dep = item
             elif callable(item):
-                ids = [n.id for n in self._nodes.values() if n.fn is item]
+                ids = [
+                    n.id
+                    for n in self._nodes.values()
+                    if isinstance(n, _FunctionNode) and n.fn is item
+                ]
                 label = getattr(item, "__qualname__", repr(item))
                 if not ids:
                     raise ValueError(
@@ -577,9 +831,44 @@ class Workflow:
 
         return spec_to_proto(self.to_spec())
 
-    def _node_spec(self, index: int, node: _Node) -> dict[str, Any]:
+    def _node_spec(self, index: int, node: _FunctionNode | _KindNode) -> dict[str, Any]:
         from statepipe_api.convert import SpecError
 
+        if isinstance(node, _KindNode):
+            after = list(node.after)
+            kind, params = node.kind, _plain(node.params)
+        else:
+            after, kind, params = self._function_params(index, node)
+        if node.id in after:
+            raise SpecError(f"nodes[{index}].after", f'node "{node.id}" cannot depend on itself')
+        out: dict[str, Any] = {"id": node.id, "kind": kind}
+        if after:
+            out["after"] = after
+        if node.when:
+            out["when"] = node.when
+        if params or isinstance(node, _FunctionNode):
+            out["params"] = params
+        if node.retry is not None:
+            out["retry"] = node.retry.to_dict()
+        if node.timeout_ms:
+            out["timeout_ms"] = node.timeout_ms
+        if node.resources is not None:
+            out["resources"] = copy.deepcopy(node.resources)
+        if node.concurrency_key:
+            out["concurrency_key"] = node.concurrency_key
+        if node.labels is not None:
+            out["labels"] = copy.deepcopy(node.labels)
+        if node.metadata is not None:
+            out["metadata"] = copy.deepcopy(node.metadata)
+        if node.continue_on_failure:
+            out["continue_on_failure"] = True
+        return out
+
+    def _function_params(
+        self, index: int, node: _FunctionNode
+    ) -> tuple[list[str], str, dict[str, Any]]:
+        """(after, kind, params) of a function node: its parameters bound to the
+        run input and to the nodes they are named after."""
         _check_resolvable(node.fn, node.callable_path, f"nodes[{index}].params.callable")
         after = list(node.after)
         args: dict[str, Any] = {}
@@ -598,9 +887,6 @@ class Workflow:
         for key, value in node.args.items():  # for **kwargs
             if key not in args:
                 args[key] = copy.deepcopy(value)
-        if node.id in after:
-            raise SpecError(f"nodes[{index}].after", f'node "{node.id}" cannot depend on itself')
-
         params: dict[str, Any] = {
             "callable": node.callable_path,
             "args": args,
@@ -608,27 +894,7 @@ class Workflow:
         }
         if node.isolation != "thread":
             params["isolation"] = node.isolation
-        out: dict[str, Any] = {"id": node.id, "kind": "python"}
-        if after:
-            out["after"] = after
-        if node.when:
-            out["when"] = node.when
-        out["params"] = params
-        if node.retry is not None:
-            out["retry"] = node.retry.to_dict()
-        if node.timeout_ms:
-            out["timeout_ms"] = node.timeout_ms
-        if node.resources is not None:
-            out["resources"] = copy.deepcopy(node.resources)
-        if node.concurrency_key:
-            out["concurrency_key"] = node.concurrency_key
-        if node.labels is not None:
-            out["labels"] = copy.deepcopy(node.labels)
-        if node.metadata is not None:
-            out["metadata"] = copy.deepcopy(node.metadata)
-        if node.continue_on_failure:
-            out["continue_on_failure"] = True
-        return out
+        return after, "python", params
 
     def _check_graph(self, nodes: list[dict[str, Any]]) -> None:
         """Unknown dependencies and cycles, named (core_rs checks them, as on the server)."""

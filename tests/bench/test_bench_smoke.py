@@ -2,6 +2,7 @@
 
 bench_control_plane.py starts its own embedded Postgres and control plane,
 bench_list_runs.py its own Postgres and a server process,
+bench_tokens.py its own Postgres, a server process and watcher processes,
 bench_ray.py its own local Ray. Only the exit code and the presence of each
 section's lines are checked, never a timing.
 """
@@ -76,6 +77,30 @@ def test_bench_list_runs_quick() -> None:
     for case in ("status=failed ", "workflow=wf07 ", "label team=team3 ", "text="):
         assert case in proc.stdout, report
     assert proc.stdout.count("x baseline") == 27, report  # 14 orders, 13 filter cases
+    assert "Traceback" not in proc.stderr, report
+
+
+@pytest.mark.timeout(300)
+def test_bench_tokens_quick() -> None:
+    """bench/bench_tokens.py: its own Postgres, a server process, watcher processes, and a
+    bare grpc.aio stream in its own process as the baseline."""
+    proc, report = run_bench("bench_tokens.py", "--hard-timeout", "240")
+    for needle in (
+        "core_rs ",
+        "[max] ",
+        "statepipe tokens/s ",
+        "in seq order, no gap, text as emitted",
+        "baseline, batched",
+        "[paced] ",
+        "statepipe emit -> receive  p50 ",
+        "achieved ",
+        "cpu over ",
+        "summary",
+        "total ",
+    ):
+        assert needle in proc.stdout, f"no {needle!r}\n{report}"
+    assert proc.stdout.count("  baseline") == 3, report
+    assert proc.stdout.count("  ratio ") == 3, report
     assert "Traceback" not in proc.stderr, report
 
 

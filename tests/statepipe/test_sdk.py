@@ -17,11 +17,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from sp_testing import wait_for
 
 import statepipe
 from statepipe import Client, Retry, SpecError, TargetError, Workflow, load_target
+from statepipe.client import StatepipeError
 from statepipe.sdk import TargetWarning
 from statepipe_api.v1 import statepipe_pb2 as pb
 
@@ -372,6 +374,165 @@ def test_mistakes_are_named() -> None:
     assert str(err.value) == 'nodes[0].resources: unknown field "cpu" (did you mean "cpus"?)'
 
 
+# ------------------------------------------------------ nodes of any kind
+
+
+def report(ctx: Any, greet: dict[str, Any], squares: list[int], doubled: Any) -> dict[str, Any]:
+    return {"said": greet["stdout"].strip(), "squares": squares, "doubled": doubled}
+
+
+def test_nodes_of_any_kind_mix_with_functions_in_declaration_order() -> None:
+    wf = Workflow("mixed")
+    assert wf.add_node("greet", "shell", {"argv": ("echo", "hi")}, timeout_ms=5000) == "greet"
+    wf.node(id="numbers")(with_kwargs)
+    template = {
+        "kind": "python",
+        "params": {"callable": "m:square", "args": {"n": "{{ item }}"}},
+        "retry": Retry(max_attempts=2),  # a Retry in params becomes its dict
+    }
+    assert wf.map("squares", "{{ nodes.numbers.output }}", template, after=[with_kwargs]) == (
+        "squares"
+    )
+    assert wf.workflow("doubled", "child", {"x": "{{ input.count }}"}, retry={"max_attempts": 3})
+    wf.node(report)  # greet, squares, doubled: parameters named after kind nodes
+    wf.add_node(
+        "join",
+        "noop",
+        after=["report", "greet"],
+        when="nodes.report.output.said == 'hi'",
+        resources={"cpus": 1},
+        concurrency_key="k",
+        labels={"tier": "a"},
+        metadata={"m": 1},
+        continue_on_failure=True,
+    )
+    wf.add_node("pinned", "workflow", {"workflow": "child", "version": "2"})
+    wf.map("lenient", [1, 2], {"kind": "noop"}, max_concurrency=2, continue_on_failure=True)
+    spec = wf.to_spec()
+    assert wf.nodes == [
+        "greet", "numbers", "squares", "doubled", "report", "join", "pinned", "lenient"
+    ]  # fmt: skip
+    assert spec["nodes"][0] == {
+        "id": "greet",
+        "kind": "shell",
+        "params": {"argv": ["echo", "hi"]},
+        "timeout_ms": 5000,
+    }
+    assert node_of(spec, "squares") == {
+        "id": "squares",
+        "kind": "map",
+        "after": ["numbers"],
+        "params": {
+            "items": "{{ nodes.numbers.output }}",
+            "node": {
+                "kind": "python",
+                "params": {"callable": "m:square", "args": {"n": "{{ item }}"}},
+                "retry": {"max_attempts": 2},
+            },
+        },
+    }
+    assert node_of(spec, "doubled") == {
+        "id": "doubled",
+        "kind": "workflow",
+        "params": {"workflow": "child", "input": {"x": "{{ input.count }}"}},
+        "retry": {"max_attempts": 3},
+    }
+    assert node_of(spec, "report") == {
+        "id": "report",
+        "kind": "python",
+        "after": ["greet", "squares", "doubled"],
+        "params": {
+            "callable": path(report),
+            "args": {
+                "greet": "{{ nodes.greet.output }}",
+                "squares": "{{ nodes.squares.output }}",
+                "doubled": "{{ nodes.doubled.output }}",
+            },
+            "pass_ctx": True,
+        },
+    }
+    assert node_of(spec, "join") == {
+        "id": "join",
+        "kind": "noop",  # no params: none in the spec
+        "after": ["report", "greet"],
+        "when": "nodes.report.output.said == 'hi'",
+        "resources": {"cpus": 1},
+        "concurrency_key": "k",
+        "labels": {"tier": "a"},
+        "metadata": {"m": 1},
+        "continue_on_failure": True,
+    }
+    assert node_of(spec, "pinned")["params"] == {"workflow": "child", "version": "2"}
+    # map's continue_on_failure is the node's own, as for every node.
+    assert node_of(spec, "lenient") == {
+        "id": "lenient",
+        "kind": "map",
+        "params": {"items": [1, 2], "node": {"kind": "noop"}, "max_concurrency": 2},
+        "continue_on_failure": True,
+    }
+    assert json.loads(json.dumps(spec)) == spec
+    assert [n.kind for n in wf.to_proto().nodes][:4] == ["shell", "python", "map", "workflow"]
+
+    # The params are the caller's: changing them later does not change the
+    # spec given before, nor does changing a spec given out.
+    params = {"argv": ["echo"]}
+    again = Workflow("copies")
+    again.add_node("a", "shell", params)
+    first = again.to_spec()
+    first["nodes"][0]["params"]["argv"].append("x")
+    assert again.to_spec()["nodes"][0]["params"] == {"argv": ["echo"]}
+
+
+def test_add_node_mistakes_are_named() -> None:
+    wf = Workflow("kind-mistakes")
+    wf.node(standalone)
+    wf.add_node("sh", "shell", {"argv": ["true"]})
+    with pytest.raises(ValueError, match=r"node 'sh' is declared twice .* \(kind shell\)"):
+        wf.add_node("sh", "noop")
+    with pytest.raises(ValueError, match=r"node 'sh' is declared twice .* \(kind shell\)"):
+        wf.node(id="sh")(fetch)
+    with pytest.raises(ValueError, match=r"node 'standalone' is declared twice .*standalone\)"):
+        wf.add_node("standalone", "noop")
+    with pytest.raises(TypeError, match="a node id must be a string, got int"):
+        wf.add_node(3, "noop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="a node id must not be empty"):
+        wf.add_node(" ", "noop")
+    with pytest.raises(TypeError, match="node 'x': kind must be a string"):
+        wf.add_node("x", None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="node 'x': kind must not be empty"):
+        wf.add_node("x", "")
+    with pytest.raises(TypeError, match="node 'x': params must be a dict, got list"):
+        wf.add_node("x", "shell", ["echo"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="node 'x': params keys must be strings"):
+        wf.add_node("x", "noop", {1: 2})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="node 'x': timeout_ms must be at least 0"):
+        wf.add_node("x", "noop", timeout_ms=-1)
+    with pytest.raises(TypeError, match="node 'x': retry must be a Retry"):
+        wf.add_node("x", "noop", retry=2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Retry\.max_attempts must be at least 1"):
+        wf.add_node("x", "noop", retry={"max_attempts": 0})
+    with pytest.raises(TypeError, match="node 'x': labels must be a dict"):
+        wf.add_node("x", "noop", labels=["a"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="node 'x': continue_on_failure must be True or False"):
+        wf.map("x", [1], {"kind": "noop"}, continue_on_failure="yes")
+    with pytest.raises(ValueError, match="after=fetch is not a node of workflow"):
+        wf.add_node("x", "noop", after=[fetch])
+    assert wf.nodes == ["standalone", "sh"]  # nothing half-declared
+
+    wf.add_node("self", "noop", after=["self"])
+    with pytest.raises(SpecError, match=r'nodes\[2\].after: node "self" cannot depend on itself'):
+        wf.to_spec()
+    unknown = Workflow("kind-unknown")
+    unknown.add_node("x", "noop", after=["standalon"])
+    unknown.node(standalone)
+    with pytest.raises(SpecError, match=r'nodes\[0\].after: unknown node "standalon"'):
+        unknown.to_spec()
+    not_json = Workflow("kind-not-json")
+    not_json.add_node("x", "noop", {"value": object()})
+    with pytest.raises(SpecError, match=r"nodes\[0\].params.value: expected a JSON value"):
+        not_json.to_spec()
+
+
 def test_statepipe_exports_the_sdk_lazily() -> None:
     assert statepipe.Workflow is Workflow and statepipe.Retry is Retry
     assert statepipe.load_target is load_target and statepipe.TargetError is TargetError
@@ -677,6 +838,53 @@ def test_a_decorated_workflow_runs(client: Client) -> None:
     assert run.output == {"add": {"sum": 9, "attempt": 1}}
     wait_for(lambda: ("on_complete", "", {"team": "sdk"}) in CALLS)
     assert {c[1] for c in CALLS if c[0] == "on_success"} == {"double", "add"}
+
+
+def square(n: int) -> int:
+    return n * n
+
+
+def numbers(count: int) -> list[int]:
+    return list(range(1, count + 1))
+
+
+def test_nodes_of_any_kind_run_with_decorated_ones(client: Client) -> None:
+    child = Workflow("sdk-child")
+    child.node(double)  # x <- {{ input.x }}
+    client.register_workflow(child.to_spec())
+
+    wf = Workflow("sdk-kinds", input_schema={"type": "object", "required": ["count"]})
+    wf.add_node("greet", "shell", {"argv": ["echo", "hi"]})
+    wf.node(numbers)
+    item = {
+        "kind": "python",
+        "params": {"callable": path(square), "args": {"n": "{{ item }}"}, "pass_ctx": False},
+    }
+    wf.map("squares", "{{ nodes.numbers.output }}", item, after=[numbers], max_concurrency=2)
+    wf.workflow("doubled", "sdk-child", {"x": "{{ input.count }}"})
+    wf.node(report)
+    client.register_workflow(wf.to_spec())
+    run = client.wait(client.start_run("sdk-kinds", {"count": 3}), timeout=60)
+    assert run.status == "SUCCEEDED", [(n.node_id, n.error) for n in run.nodes]
+    assert run.node("greet").output["stdout"] == "hi\n"
+    assert run.node("squares").output == [1, 4, 9]
+    assert run.node("doubled").output == {"double": 6}
+    assert run.output == {"report": {"said": "hi", "squares": [1, 4, 9], "doubled": {"double": 6}}}
+    children = client.list_runs(parent=run.run_id, limit=None)
+    assert sorted(c.parent_node_id or "" for c in children) == [
+        "doubled", "squares[0]", "squares[1]", "squares[2]"
+    ]  # fmt: skip
+    assert all(c.status == "SUCCEEDED" for c in children)
+
+
+def test_the_server_checks_the_params_of_a_kind(client: Client) -> None:
+    wf = Workflow("sdk-bad-kind")
+    wf.add_node("listing", "shell", {"argv": "ls -l"})  # not a list: the SDK lets it be
+    spec = wf.to_spec()
+    with pytest.raises(StatepipeError) as caught:
+        client.register_workflow(spec)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "node 'listing'" in caught.value.message and "argv" in caught.value.message
 
 
 def test_montecarlo_example(client: Client) -> None:
