@@ -103,7 +103,10 @@ wf.add_node(
     "python",
     {
         "callable": "research_nodes:digest",
-        "args": {"queries": "{{ nodes.plan.output.queries }}", "results": "{{ nodes.search.output }}"},
+        "args": {
+            "queries": "{{ nodes.plan.output.queries }}",
+            "results": "{{ nodes.search.output }}",
+        },
     },
     after=["plan", "search"],
 )

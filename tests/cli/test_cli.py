@@ -28,7 +28,8 @@ from statepipe.cli import main
 
 RUN_KEYS = (
     "run_id workflow_name workflow_version status input output error labels idempotency_key"
-    " created_at started_at finished_at updated_at last_seq node_counts usage parent_run_id parent_node_id nodes"
+    " created_at started_at finished_at updated_at last_seq node_counts usage parent_run_id"
+    " parent_node_id nodes"
 ).split()
 EVENT_KEYS = "run_id seq ts kind node_id attempt status message level data".split()
 

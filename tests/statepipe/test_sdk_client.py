@@ -32,7 +32,8 @@ from statepipe_api.v1 import statepipe_pb2 as pb
 # The key orders of docs/json-shapes.md.
 RUN_KEYS = (
     "run_id workflow_name workflow_version status input output error labels idempotency_key"
-    " created_at started_at finished_at updated_at last_seq node_counts usage parent_run_id parent_node_id nodes"
+    " created_at started_at finished_at updated_at last_seq node_counts usage parent_run_id"
+    " parent_node_id nodes"
 ).split()
 NODE_KEYS = (
     "node_id kind status attempt input output error traceback queued_at started_at finished_at"
