@@ -270,7 +270,7 @@ async def http_call(ctx: NodeContext | None, request: Mapping[str, Any]) -> dict
                 retryable=False,
             )
         headers[header] = value
-        if value:
+        if len(value) >= 4:  # scrubbed from error texts (a shorter one would garble them)
             secrets.append(value)
 
     query = request.get("query") or None
@@ -326,7 +326,8 @@ async def http_call(ctx: NodeContext | None, request: Mapping[str, Any]) -> dict
         event["error"] = message
         _emit(ctx, line, event, started)
         raise NodeError(message, retryable=True) from None
-    except httpx.TooManyRedirects as err:
+    except (httpx.TooManyRedirects, httpx.LocalProtocolError, httpx.UnsupportedProtocol) as err:
+        # Another attempt makes the same request: a bad header value, a loop.
         message = f"{line}: {_scrub(str(err), secrets)}"
         event["error"] = message
         _emit(ctx, line, event, started)

@@ -351,10 +351,10 @@ class ShellRunner:
             ) from None
 
         out = _Stream("stdout", "info", cap)
-        err = _Stream("stderr", "warning", cap)
+        errs = _Stream("stderr", "warning", cap)
         assert proc.stdout is not None and proc.stderr is not None
         readers = asyncio.ensure_future(
-            asyncio.gather(out.pump(proc.stdout, ctx), err.pump(proc.stderr, ctx))
+            asyncio.gather(out.pump(proc.stdout, ctx), errs.pump(proc.stderr, ctx))
         )
         tasks: list[asyncio.Future[Any]] = [readers]
         if stdin is not None:
@@ -379,7 +379,7 @@ class ShellRunner:
         code = proc.returncode
         duration_ms = round((time.monotonic() - started) * 1000)
         if code:
-            tail = " | ".join(err.tail)
+            tail = " | ".join(errs.tail)
             if len(tail) > TAIL_CHARS:
                 tail = "..." + tail[-TAIL_CHARS:]
             if code < 0:
@@ -394,8 +394,8 @@ class ShellRunner:
         return {
             "exit_code": code,
             "stdout": out.text(),
-            "stderr": err.text(),
+            "stderr": errs.text(),
             "stdout_truncated": out.truncated,
-            "stderr_truncated": err.truncated,
+            "stderr_truncated": errs.truncated,
             "duration_ms": duration_ms,
         }
