@@ -57,6 +57,9 @@ class RunModel:
             for parent in node.get("after") or ():
                 if parent in self.children:
                     self.children[parent].append(node["node_id"])
+        # A one-line summary of the child runs a node started ("8 items · 7 ✓ 1 ✗"),
+        # by node id; kept by ui.child_runs.ChildRuns once the page follows children.
+        self.child_summaries: dict[str, str] = {}
         # Every event kept, for the log and the timeline (seq -> event is seq - 1).
         self.events: list[dict[str, Any]] = []
         self.last_seq = 0
@@ -117,6 +120,18 @@ class RunModel:
                 # Keep a status the stream already moved past the snapshot.
                 self.nodes[node_id].update(node)
                 self._changed_nodes[node_id] = None
+
+    def children_changed(self, summaries: dict[str, str]) -> None:
+        """The child runs of these nodes changed; ``summaries`` has each node's new
+        one-line summary. The nodes count as changed (their views redraw them)."""
+        for node_id, summary in summaries.items():
+            if node_id not in self.nodes:
+                continue
+            if summary:
+                self.child_summaries[node_id] = summary
+            else:
+                self.child_summaries.pop(node_id, None)
+            self._changed_nodes[node_id] = None
 
     def apply(self, events: Iterable[dict[str, Any]]) -> None:
         """Applies events in seq order; ones at or before ``last_seq`` are ignored, so a

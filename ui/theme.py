@@ -57,6 +57,13 @@ _CSS = """
 .sp-bar > span { display: block; height: 100%; }
 .sp-kv td { padding: 1px 10px 1px 0; vertical-align: top; }
 .sp-kv td:first-child { opacity: .65; white-space: nowrap; }
+.sp-children td { padding: 1px 10px 1px 0; vertical-align: middle; white-space: nowrap; }
+.sp-child-cell { line-height: 15px; padding-top: 3px; white-space: nowrap; overflow: hidden;
+                 text-overflow: ellipsis; }
+.sp-child-of { font-size: 11px; opacity: .75; color: inherit; text-decoration: none; }
+.sp-child-of:hover { text-decoration: underline; opacity: 1; }
+.sp-trace-open { color: inherit; opacity: .55; text-decoration: none; }
+.sp-trace-open:hover { opacity: 1; }
 .sp-tab-hidden { position: absolute !important; top: 0; left: -20000px; visibility: hidden;
                  pointer-events: none; }
 body.body--dark .jse-main {

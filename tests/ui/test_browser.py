@@ -266,3 +266,97 @@ def test_clicking_a_column_header_sorts_on_the_server_and_keeps_it_in_the_url(
         arg=ids["c-flow"],
         timeout=10_000,
     )
+
+
+def test_the_trace_nests_map_items_and_a_workflow_child_under_their_nodes(
+    server, console_process: ConsoleProcess, page: Any
+) -> None:
+    child = {
+        "name": "summarize-doc",
+        "version": "2",
+        "nodes": [
+            {"id": "fetch", "kind": "python", "params": {"callable": "sp_nodes:echo"}},
+            {
+                "id": "summarize",
+                "kind": "python",
+                "params": {"callable": "sp_nodes:sleep", "args": {"seconds": 0.3}},
+                "after": ["fetch"],
+            },
+        ],
+    }
+    parent = {
+        "name": "research",
+        "version": "1",
+        "nodes": [
+            {"id": "plan", "kind": "python", "params": {"callable": "sp_nodes:echo"}},
+            {
+                "id": "each_source",
+                "kind": "map",
+                "after": ["plan"],
+                "params": {
+                    "items": [f"source-{i}" for i in range(20)],
+                    "max_concurrency": 6,
+                    "continue_on_failure": True,
+                    "node": {
+                        "kind": "python",
+                        "params": {"callable": "sp_nodes:echo", "args": {"x": "{{ item }}"}},
+                    },
+                },
+            },
+            {
+                "id": "report",
+                "kind": "workflow",
+                "after": ["each_source"],
+                "params": {"workflow": "summarize-doc", "input": {"n": 1}},
+            },
+        ],
+    }
+    with Client(server.address) as client:
+        client.register_workflow(child)
+        run_id = client.start_run(parent)
+        wait_status(client, run_id, "SUCCEEDED", timeout=60)
+        (report,) = [c for c in client.list_runs(parent=run_id, limit=None)
+                     if c.parent_node_id == "report"]  # fmt: skip
+    # Tall enough for the whole tree in one picture (the grid is 70% of the height).
+    page.set_viewport_size({"width": 1280, "height": 1500})
+    page.goto(f"{console_process.url}/runs/{run_id}?tab=trace")
+    page.locator(".sp-trace").first.wait_for(timeout=10_000)
+    node_row = page.locator('.ag-row[row-id="n:each_source"]')
+    node_row.get_by_text("20 items · 20 ✓").wait_for(timeout=10_000)
+    for row_id in ("n:each_source", "n:report", f"k:{report.run_id}"):
+        page.locator(f'.ag-row[row-id="{row_id}"] .sp-trace-caret').click()
+        page.locator(f'.ag-row[row-id="{row_id}"] .sp-trace-caret', has_text="▾").wait_for(
+            timeout=10_000
+        )
+    page.locator(f'.ag-row[row-id="kn:{report.run_id}:summarize"]').wait_for(timeout=10_000)
+    # Items in index order under their map node, as the browser shows them.
+    rows = page.locator(".sp-trace .ag-center-cols-container .ag-row[row-id^='k:']")
+    by_index = {int(r.get_attribute("row-index")): r.inner_text() for r in rows.all()}
+    found = [re.search(r"each_source\[\d+\]", text) for _, text in sorted(by_index.items())]
+    items = [m.group(0) for m in found if m]
+    assert items == [f"each_source[{i}]" for i in range(20)]
+    page.evaluate("window.scrollTo(0, 0)")
+    page.locator(".sp-trace .ag-body-viewport").evaluate("el => el.scrollTop = 0")
+    page.wait_for_timeout(400)
+    shot(page, "run-trace-child-runs")
+    link = page.locator(f'.ag-row[row-id="k:{report.run_id}"] a.sp-trace-open')
+    assert link.get_attribute("href") == f"/runs/{report.run_id}"
+    link.click()  # opens the child (the row's own click, select or expand, stays out)
+    page.wait_for_url(re.compile(f"/runs/{report.run_id}$"), timeout=10_000)
+
+    page.set_viewport_size({"width": 1280, "height": 800})
+    # The map node's panel lists its items with links.
+    page.goto(f"{console_process.url}/runs/{run_id}/nodes/each_source")
+    page.get_by_text("Items (20)").wait_for(timeout=10_000)
+    page.wait_for_timeout(400)
+    shot(page, "node-panel-map-items")
+
+    # The child's page says whose child it is.
+    page.goto(f"{console_process.url}/runs/{report.run_id}")
+    page.get_by_text("child of").wait_for(timeout=10_000)
+    shot(page, "run-child-of")
+
+    page.goto(f"{console_process.url}/?children=1")
+    page.locator(f'.ag-row[row-id="{report.run_id}"]').wait_for(timeout=10_000)
+    page.wait_for_timeout(400)
+    shot(page, "dashboard-child-runs")

@@ -6,6 +6,11 @@ seq 1 and continues live (``follow_forever``, so a resumed run is seen too) into
 trace, log, node panel) read. A lost stream resumes after the last seq the model
 has, so nothing is missed or doubled. Only the visible tab is built; the others are
 built the first time they are opened.
+
+Child runs: the header of a child says whose child it is ("child of <run> · node
+<node>"); the run's own children (:class:`~ui.child_runs.ChildRuns`: ListRuns(parent),
+then WatchRuns(parent) pushes their changes) are loaded when the trace is first shown,
+or by a view that shows their summary on a run with workflow, map or agent nodes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from nicegui import context, ui
 
 from statepipe.client import StatepipeError
 from statepipe_api.lifecycle import CONTROLS, FINAL_RUN
+from ui.child_runs import ChildRuns, run_href, split_parent_node
 from ui.console import Console, probe
 from ui.format import cost_of, duration_ms, format_duration, one_line, since_ms
 from ui.frame import frame
@@ -87,7 +93,8 @@ class RunPage:
         self.client = context.client
         # Dialogs go here: the header that opens them is rebuilt on every status change.
         self.root = context.slot.parent
-        self.panel = NodePanel(self.model, self.console)
+        self.children = ChildRuns(self.console, self.model, self.connection, self.client)
+        self.panel = NodePanel(self.model, self.console, children=self.children)
         with ui.card().classes("w-full sp-card gap-2").props("flat"):
             self.header = ui.refreshable(self._header)
             self.header()
@@ -135,13 +142,13 @@ class RunPage:
         select: Callable[[str], Any] = self.select
         with self.panels[name]:
             if name == "graph":
-                self.views[name] = GraphView(self.model, select)
+                self.views[name] = GraphView(self.model, select, self.children)
             elif name == "timeline":
                 self.views[name] = TimelineView(self.model, select)
             elif name == "nodes":
-                self.views[name] = NodeTable(self.model, select)
+                self.views[name] = NodeTable(self.model, select, self.children)
             elif name == "trace":
-                self.views[name] = TraceView(self.model, self.console, select)
+                self.views[name] = TraceView(self.model, self.console, select, self.children)
             elif name == "log":
                 self.views[name] = LogView(self.model)
 
@@ -166,6 +173,8 @@ class RunPage:
             ).props("flat dense round size=sm").tooltip("copy run id")
             ui.space()
             self._controls(run["status"])
+        if run.get("parent_run_id"):
+            self._parent_line(run["parent_run_id"], run.get("parent_node_id") or "")
         with ui.row().classes("w-full items-center gap-6 text-sm"):
             for name, key in (("created", "created_at"), ("started", "started_at"),
                               ("finished", "finished_at")):  # fmt: skip
@@ -203,6 +212,22 @@ class RunPage:
             ui.label(run["error"]).classes("sp-mono text-red-600 w-full").style(
                 "white-space: pre-wrap"
             ).mark("run-error")
+
+    @staticmethod
+    def _parent_line(parent_id: str, parent_node: str) -> None:
+        """ "child of <parent run> · node <node>" (a map item's node is "<map>[<i>]")."""
+        node_id, _ = split_parent_node(parent_node)
+        with ui.row().classes("items-center gap-1 text-sm").mark("run-parent"):
+            ui.icon("subdirectory_arrow_right", size="18px").classes("sp-muted")
+            ui.label("child of").classes("sp-muted")
+            ui.link(parent_id[:8], run_href(parent_id)).classes("sp-mono").tooltip(parent_id).mark(
+                "run-parent-link"
+            )
+            if parent_node:
+                ui.label("· node").classes("sp-muted")
+                ui.link(parent_node, run_href(parent_id, node_id)).classes("sp-mono").mark(
+                    "run-parent-node"
+                )
 
     def _payloads(self) -> None:
         run = self.model.run

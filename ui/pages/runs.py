@@ -1,9 +1,14 @@
-"""The runs dashboard (``/``): every run, live.
+"""The runs dashboard (``/``): every run a client started, live.
 
 Paging, filtering and sorting happen on the server (ListRuns, keyset pages); the
 browser holds one page of rows in an AG Grid. Changes come from WatchRuns and reach
 the grid as AG Grid transactions (add / update / remove by run id), so nothing is
 re-sent or rebuilt when one run changes. The filter and sort live in the URL.
+
+Child runs (of workflow, map and agent nodes; a map of 100 items makes 100) are left
+out unless ``children=1`` asks for them: ListRuns and WatchRuns get ``roots_only``, and
+a live change of a run with a parent is dropped. Shown, a child's row says whose child
+it is under its workflow ("↳ summarize[3]", a link to the parent run).
 """
 
 from __future__ import annotations
@@ -45,7 +50,13 @@ class Filters:
     """The dashboard's view: filters, sort and page, as in the URL."""
 
     def __init__(
-        self, status: str = "", workflow: str = "", label: str = "", q: str = "", sort: str = ""
+        self,
+        status: str = "",
+        workflow: str = "",
+        label: str = "",
+        q: str = "",
+        sort: str = "",
+        children: str | bool = "",
     ) -> None:
         given = [s.strip() for s in status.upper().split(",") if s.strip()]
         self.statuses = [s for s in given if s in RUN_STATUSES]
@@ -54,6 +65,12 @@ class Filters:
         self.workflow = workflow.strip()
         self.labels = parse_labels(label)
         self.text = q.strip()
+        # Child runs too ("1", "true", "yes"); by default only runs a client started.
+        self.children = (
+            children
+            if isinstance(children, bool)
+            else children.strip().lower() in ("1", "true", "yes", "on")
+        )
         key = sort.lstrip("-")
         self.sort = sort if key in SORTABLE.values() else DEFAULT_SORT
         if sort and key not in SORTABLE.values():
@@ -68,6 +85,7 @@ class Filters:
             "label": ",".join(f"{k}={v}" for k, v in self.labels.items()),
             "q": self.text,
             "sort": "" if self.sort == DEFAULT_SORT else self.sort,
+            "children": "1" if self.children else "",
         }
         text = urlencode({k: v for k, v in params.items() if v})
         return f"?{text}" if text else ""
@@ -79,6 +97,7 @@ class Filters:
             "labels": self.labels or None,
             "text": self.text or None,
             "order_by": self.sort,
+            "roots_only": not self.children,
         }
 
     def watch_args(self) -> dict[str, Any]:
@@ -88,9 +107,12 @@ class Filters:
             "workflow": self.workflow or None,
             "labels": self.labels or None,
             "text": self.text or None,
+            "roots_only": not self.children,
         }
 
     def matches(self, run: dict[str, Any]) -> bool:
+        if not self.children and run.get("parent_run_id"):
+            return False
         return not self.statuses or run["status"] in self.statuses
 
     @property
@@ -134,6 +156,8 @@ def row_of(run: dict[str, Any]) -> dict[str, Any]:
         "failed": bool(run["error"]),
         "tokens": tokens_of(usage),
         "cost": cost_of(usage),
+        "parent_run_id": run.get("parent_run_id"),
+        "parent_node_id": run.get("parent_node_id"),
     }
 
 
@@ -144,8 +168,17 @@ _ID_RENDERER = """(p) => `<a class="sp-mono" href="/runs/${encodeURIComponent(p.
   <span class="material-icons sp-copy" title="copy run id"
     style="font-size:14px;cursor:pointer;opacity:.5;vertical-align:middle">content_copy</span>`"""
 
-_WORKFLOW_RENDERER = """(p) =>
-  `${sp.esc(p.value)} <span style="opacity:.55">v${sp.esc(p.data.version)}</span>`"""
+# A child run says whose child it is under its workflow: "↳ <parent node>", a link to
+# the parent run.
+_WORKFLOW_RENDERER = """(p) => {
+  const name = `${sp.esc(p.value)} <span style="opacity:.55">v${sp.esc(p.data.version)}</span>`;
+  if (!p.data.parent_run_id) return name;
+  const parent = p.data.parent_run_id;
+  return `<div class="sp-child-cell">${name}<br><a class="sp-mono sp-child-of"
+    href="/runs/${encodeURIComponent(parent)}" title="child of run ${sp.esc(parent)}"
+    onclick="event.stopPropagation()">↳ ${sp.esc(p.data.parent_node_id || parent.slice(0, 8))}</a>
+    </div>`;
+}"""
 
 _LABELS_RENDERER = """(p) => Object.entries(p.value || {}).map(([k, v]) =>
   `<span class="sp-mono" title="${sp.esc(k)}=${sp.esc(v)}"`
@@ -332,6 +365,14 @@ class Dashboard:
                 .mark("filter-text")
             )
             self.text_input.on_value_change(lambda e: self._apply(q=e.value or ""))
+            self.children_switch = (
+                ui.switch("include child runs", value=f.children)
+                .props("dense")
+                .classes("whitespace-nowrap self-center")
+                .tooltip("runs started by workflow, map and agent nodes")
+                .mark("filter-children")
+            )
+            self.children_switch.on_value_change(lambda e: self._apply(children=bool(e.value)))
 
     # -- view changes: each one is a new URL (shareable, survives a reload)
 
@@ -344,6 +385,7 @@ class Dashboard:
             label=change.get("label", ",".join(f"{k}={v}" for k, v in f.labels.items())),
             q=change.get("q", f.text),
             sort=change.get("sort", f.sort),
+            children=change.get("children", f.children),
         )
         if new.query() != f.query():
             ui.navigate.to(f"/{new.query()}")
@@ -535,9 +577,14 @@ class Dashboard:
 def register(console: Console) -> None:
     @ui.page("/")
     async def runs_page(
-        status: str = "", workflow: str = "", label: str = "", q: str = "", sort: str = ""
+        status: str = "",
+        workflow: str = "",
+        label: str = "",
+        q: str = "",
+        sort: str = "",
+        children: str = "",
     ) -> None:
-        filters = Filters(status, workflow, label, q, sort)
+        filters = Filters(status, workflow, label, q, sort, children)
         with frame(console, "Runs", active="Runs") as connection:
             dashboard = Dashboard(console, filters, connection)
             dashboard.build()

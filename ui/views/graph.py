@@ -29,6 +29,7 @@ from typing import Any
 
 from nicegui import events, ui
 
+from ui.child_runs import CHILD_KINDS, ChildRuns
 from ui.format import format_duration, parse_ms
 from ui.run_model import Attempt, RunModel
 from ui.streams import IdBatcher
@@ -147,8 +148,11 @@ def symbol_size(node_count: int) -> int:
     return 8
 
 
-def node_tooltip(node: Mapping[str, Any], attempts: Sequence[Attempt], now: float) -> str:
-    """HTML of a node's tooltip: id, kind, status, attempt, duration, error's first line."""
+def node_tooltip(
+    node: Mapping[str, Any], attempts: Sequence[Attempt], now: float, children: str = ""
+) -> str:
+    """HTML of a node's tooltip: id, kind, status, attempt, duration, the summary of its
+    child runs (``children``), error's first line."""
     status = node.get("status") or "PENDING"
     last = attempts[-1] if attempts else None
     started = parse_ms(last.started_at if last else node.get("started_at"))
@@ -168,6 +172,8 @@ def node_tooltip(node: Mapping[str, Any], attempts: Sequence[Attempt], now: floa
     ]
     if duration:
         lines.append(f"duration: {duration}")
+    if children:
+        lines.append(html.escape(children))
     if error:
         first = html.escape(error.splitlines()[0][:200])
         lines.append(f'<span style="color:{status_color("FAILED")}">{first}</span>')
@@ -179,8 +185,9 @@ def node_datum(
     attempts: Sequence[Attempt],
     position: tuple[float, float],
     now: float,
+    children: str = "",
 ) -> dict[str, Any]:
-    """The graph series data item of one node."""
+    """The graph series data item of one node (``children``: its child runs' summary)."""
     status = node.get("status") or "PENDING"
     return {
         "name": node["node_id"],
@@ -190,7 +197,7 @@ def node_datum(
         # raises KeyError on the server and never selects.
         "value": status,
         "itemStyle": {"color": status_color(status)},
-        "tip": node_tooltip(node, attempts, now),
+        "tip": node_tooltip(node, attempts, now, children),
     }
 
 
@@ -199,8 +206,10 @@ def graph_options(
     levels: Sequence[Sequence[str]],
     attempts: Mapping[str, Sequence[Attempt]],
     now: float,
+    summaries: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The chart's full options (sent once; later changes go through setOption)."""
+    """The chart's full options (sent once; later changes go through setOption);
+    ``summaries`` are the nodes' child-run summaries for their tooltips."""
     placed = layout(nodes, levels)
     level_of = {n: depth for depth, level in enumerate(levels) for n in level}
     count = len(placed.positions)
@@ -245,7 +254,13 @@ def graph_options(
                     "lineStyle": {"width": 2, "opacity": 0.9},
                 },
                 "data": [
-                    node_datum(nodes[n], attempts.get(n, ()), placed.positions[n], now)
+                    node_datum(
+                        nodes[n],
+                        attempts.get(n, ()),
+                        placed.positions[n],
+                        now,
+                        (summaries or {}).get(n, ""),
+                    )
                     for n in nodes
                     if n in placed.positions
                 ]
@@ -338,7 +353,12 @@ class GraphView:
         summary_rows: ``{level: ui.html}`` of the level summary (empty with a chart).
     """
 
-    def __init__(self, model: RunModel, on_select: Callable[[str], Any]) -> None:
+    def __init__(
+        self,
+        model: RunModel,
+        on_select: Callable[[str], Any],
+        children: ChildRuns | None = None,
+    ) -> None:
         self.model = model
         self._on_select = on_select
         self.chart: ui.echart | None = None
@@ -353,6 +373,9 @@ class GraphView:
             self._build_chart()
         # Each update re-sends the series (ECharts replaces data whole): at most 4/s.
         model.on_nodes(IdBatcher(self.nodes_changed, delay_s=0.25).add)
+        # Tooltips of workflow, map and agent nodes summarize their child runs.
+        if children is not None and any(n.get("kind") in CHILD_KINDS for n in model.nodes.values()):
+            children.start()
 
     @property
     def summary_mode(self) -> bool:
@@ -361,7 +384,9 @@ class GraphView:
 
     def _build_chart(self) -> None:
         model = self.model
-        options = graph_options(model.nodes, model.levels, model.attempts, run_clock(model.run))
+        options = graph_options(
+            model.nodes, model.levels, model.attempts, run_clock(model.run), model.child_summaries
+        )
         data = self._data = options["series"][0]["data"]
         self._index = {d["name"]: i for i, d in enumerate(data)}
         self._positions = {d["name"]: (d["x"], d["y"]) for d in data}
@@ -407,6 +432,7 @@ class GraphView:
                 self.model.attempts.get(node_id, ()),
                 self._positions[node_id],
                 now,
+                self.model.child_summaries.get(node_id, ""),
             )
             if datum != self._data[i]:
                 changed[i] = datum

@@ -1,6 +1,7 @@
 """The node panel: everything about one node in a drawer on the right of the run page.
 
-Status, times, error and traceback, resolved input and output, every attempt, the
+Status, times, error and traceback, resolved input and output, the child runs the
+node started (a workflow node's child, a map node's items, with links), every attempt, the
 node's retry policy and resources (from the workflow spec, fetched once), where the
 last attempt ran, usage, and the tool/API calls of each attempt. It follows the
 model: a change of the open node re-renders the panel's body (one refreshable), and
@@ -23,6 +24,7 @@ from nicegui.elements.mixins.text_element import TextElement
 from statepipe.client import StatepipeError
 from statepipe_api.convert import spec_to_dict
 from statepipe_api.lifecycle import CONTROLS, FINAL_NODE, RESETTABLE_NODE
+from ui.child_runs import CHILD_KINDS, ChildRuns, run_href
 from ui.console import Console
 from ui.format import duration_ms, format_duration
 from ui.run_model import CALL_KINDS, Attempt, RunModel
@@ -38,6 +40,8 @@ log = logging.getLogger("statepipe.ui")
 MIN_REFRESH_S = 0.25
 # Calls listed per attempt; the trace shows all of them.
 MAX_CALLS_SHOWN = 200
+# Child runs listed for a node; the trace shows all of them.
+MAX_CHILDREN_SHOWN = 50
 
 # OpenTelemetry GenAI semantic-convention names (and plain ones) with friendly labels,
 # in the order the panel lists them; other keys follow in their own order.
@@ -233,11 +237,21 @@ class NodePanel:
         model: The page's run model.
         console: For the workflow spec, the run's re-fetch and calls not in the model.
         width: The drawer's width in pixels.
+        children: The run's child runs; the panel of a node that starts them
+            (workflow, map, agent) lists them, loading them if no view did yet.
     """
 
-    def __init__(self, model: RunModel, console: Console, *, width: int = 560) -> None:
+    def __init__(
+        self,
+        model: RunModel,
+        console: Console,
+        *,
+        width: int = 560,
+        children: ChildRuns | None = None,
+    ) -> None:
         self.model = model
         self.console = console
+        self.children = children
         self.node_id: str | None = None
         self._spec: dict[str, Any] | None = None  # {} when it could not be fetched
         self._spec_lock = asyncio.Lock()
@@ -277,6 +291,9 @@ class NodePanel:
         changed = node_id != self.node_id
         self.node_id = node_id
         self.drawer.show()
+        kind = (self.model.nodes.get(node_id) or {}).get("kind")
+        if self.children is not None and kind in CHILD_KINDS:
+            self.children.start()
         if changed or self.log is None:
             self._open_log(node_id)
         await self._load_spec()
@@ -411,6 +428,8 @@ class NodePanel:
         self._header(node)
         if node.get("error") and node["status"] in ("FAILED", "RETRY_WAIT"):
             self._error(node["error"], node.get("traceback") or "")
+        # What a workflow or map node did is in its children: they come first.
+        self._children(node_id)
         _section("Input")
         json_view(node.get("input"), label="resolved params")
         _section("Output")
@@ -493,6 +512,49 @@ class NodePanel:
                 ui.label(attempt.error).classes("sp-mono text-red-600 text-sm").style(
                     "white-space: pre-wrap; overflow-wrap: anywhere"
                 )
+
+    def _children(self, node_id: str) -> None:
+        """The node's child runs: status, a link, workflow and duration each."""
+        children = self.children
+        if children is None or not children.count(node_id):
+            return
+        items = children.is_map(node_id)
+        _section(f"{'Items' if items else 'Child runs'} ({children.count(node_id):,})")
+        summary = self.model.child_summaries.get(node_id)
+        if summary:
+            ui.label(summary).classes("text-sm").mark("panel-children-summary")
+        shown = children.of_node(node_id)[:MAX_CHILDREN_SHOWN]
+        with ui.element("table").classes("sp-children text-sm").mark("panel-children"):
+            for child in shown:
+                child_id = child["run_id"]
+                # An item is named by its index (its workflow is the map's, for all of
+                # them); another child by its workflow.
+                name = (
+                    child["parent_node_id"]
+                    if items
+                    else f"{child['workflow_name']} v{child['workflow_version']}"
+                )
+                with ui.element("tr"):
+                    with ui.element("td"):
+                        status_chip(child["status"])
+                    with ui.element("td").classes("sp-mono"):
+                        ui.link(name, run_href(child_id)).tooltip(f"open run {child_id}").mark(
+                            f"panel-child-{child_id}"
+                        )
+                    with ui.element("td").classes("sp-mono sp-muted"):
+                        ui.label(child_id[:8])
+                    with ui.element("td"):
+                        self._duration(
+                            child.get("started_at"), child.get("finished_at"), child["status"]
+                        )
+                    with ui.element("td"):
+                        if child.get("error"):
+                            ui.label(child["error"].splitlines()[0][:120]).classes(
+                                "text-red-600 text-xs"
+                            ).tooltip(child["error"][:1000])
+        more = children.count(node_id) - len(shown)
+        if more > 0:
+            ui.label(f"… {more:,} more: see the trace").classes("sp-muted text-xs")
 
     def _policy(self, node_id: str) -> None:
         node_spec = spec_nodes(self._spec or {}).get(node_id)

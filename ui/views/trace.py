@@ -1,4 +1,6 @@
-"""The trace of a run: run → nodes → attempts → tool/API calls, as one expandable list.
+"""The trace of a run: run → nodes → attempts → tool/API calls, and the child runs a
+node started (a workflow node's child, a map node's items, an agent's workflow tools)
+→ their nodes, as one expandable list.
 
 The tree is a flattened AG Grid (client-side row model, virtualized): a row per
 visible entry, indented by its depth, with a caret the name cell's renderer draws.
@@ -8,7 +10,10 @@ row ids, so neither expanding nor a live status change re-sends the grid. The Py
 copy of the rows (``grid.options['rowData']``) is kept in step with updates
 suspended, so a later full render shows the same tree.
 
-Row ids: ``r`` (the run), ``n:<node>``, ``a:<node>:<attempt>``, ``c:<seq>`` (a call).
+Row ids: ``r`` (the run), ``n:<node>``, ``a:<node>:<attempt>``, ``c:<seq>`` (a call),
+``k:<child run>`` (a child run, under its node after the attempts; map items by index)
+and ``kn:<child run>:<node>`` (a node of a child run, fetched with GetRun when the child
+is first expanded and again when a pushed change of the child arrives while it is open).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import logging
 from collections.abc import Callable, MutableSequence
 from typing import Any
 
-from nicegui import events
+from nicegui import background_tasks, events
 
 from statepipe.client import StatepipeError
+from ui.child_runs import ChildRuns, order_key, run_href
 from ui.console import Console
 from ui.format import duration_ms
 from ui.grid import RowGrid
@@ -52,6 +58,21 @@ _NAME = """(p) => {
   caret.style.cursor = d.expandable ? 'pointer' : 'default';
   el.appendChild(caret);
   el.appendChild(document.createTextNode(d.name == null ? '' : String(d.name)));
+  if (d.href) {  // a child run (or one of its nodes): a link that opens its page
+    const a = document.createElement('a');
+    a.href = d.href;
+    a.className = 'sp-trace-open';
+    a.title = d.href_title || 'open';
+    a.style.marginLeft = '6px';
+    const icon = document.createElement('span');
+    icon.className = 'material-icons';
+    icon.textContent = 'open_in_new';
+    icon.style.fontSize = '14px';
+    icon.style.verticalAlign = 'middle';
+    a.appendChild(icon);
+    a.addEventListener('click', (e) => e.stopPropagation());  // not a row click
+    el.appendChild(a);
+  }
   return el;
 }"""
 # The cell's value carries the caret state, so an update of only `expanded` re-renders it
@@ -166,19 +187,21 @@ def attempts_of(model: RunModel, node_id: str) -> list[Attempt]:
 
 
 def node_row(model: RunModel, node_id: str) -> Row:
+    """A node's row; its detail is its error, else the summary of its child runs."""
     node = model.nodes[node_id]
+    summary = model.child_summaries.get(node_id, "")
     return {
         "id": f"n:{node_id}",
         "parent": RUN_ROW_ID,
         "depth": 1,
-        "expandable": bool(node.get("attempt") or model.attempts.get(node_id)),
+        "expandable": bool(node.get("attempt") or model.attempts.get(node_id) or summary),
         "expanded": False,
         "name": node_id,
         "kind": node.get("kind", ""),
         "status": node.get("status", ""),
         "start": node.get("started_at") or node.get("queued_at"),
         "duration_ms": duration_ms(node.get("started_at"), node.get("finished_at")),
-        "detail": first_line(node.get("error")),
+        "detail": first_line(node.get("error")) or summary,
         "node_id": node_id,
     }
 
@@ -210,6 +233,64 @@ def attempt_row(node_id: str, attempt: Attempt, *, expandable: bool = True) -> R
         "detail": first_line(attempt.error) or _placement_summary(attempt.placement),
         "node_id": node_id,
         "attempt": attempt.attempt,
+        "order": [0, attempt.attempt, "", ""],  # before the node's child runs
+    }
+
+
+def child_row(child: dict[str, Any], node_id: str, index: int | None) -> Row:
+    """A child run under the node ``node_id`` that started it (``index``: a map item's)."""
+    child_id = child["run_id"]
+    if index is not None:
+        # An item's workflow is "<parent workflow>/<map node>" for all of them: its
+        # output says more (the item node's, keyed by the map node's id).
+        output = child.get("output")
+        if isinstance(output, dict) and node_id in output:
+            output = output[node_id]
+        detail = f"run {child_id[:8]}" + (f" · {_preview(output)}" if output is not None else "")
+    else:
+        version = child.get("workflow_version") or ""
+        detail = f"{child.get('workflow_name', '')}{f' v{version}' if version else ''}"
+        detail += f" · run {child_id[:8]}"
+    return {
+        "id": f"k:{child_id}",
+        "parent": f"n:{node_id}",
+        "depth": 2,
+        "expandable": True,
+        "expanded": False,
+        "name": child.get("parent_node_id") if index is not None else child.get("workflow_name"),
+        "kind": "map item" if index is not None else "child run",
+        "status": child.get("status", ""),
+        "start": child.get("started_at") or child.get("created_at"),
+        "duration_ms": duration_ms(child.get("started_at"), child.get("finished_at")),
+        "detail": first_line(child.get("error")) or detail,
+        "node_id": node_id,
+        "child_run_id": child_id,
+        "href": run_href(child_id),
+        "href_title": f"open child run {child_id}",
+        "order": order_key(child, index),
+    }
+
+
+def child_node_row(child_id: str, node: dict[str, Any], parent_node_id: str) -> Row:
+    """A node of child run ``child_id`` (a ``node_to_dict`` dict), under the child's row;
+    ``parent_node_id`` is the node of the parent run the child is under."""
+    node_id = node["node_id"]
+    return {
+        "id": f"kn:{child_id}:{node_id}",
+        "parent": f"k:{child_id}",
+        "depth": 3,
+        "expandable": False,
+        "expanded": False,
+        "name": node_id,
+        "kind": node.get("kind", ""),
+        "status": node.get("status", ""),
+        "start": node.get("started_at") or node.get("queued_at"),
+        "duration_ms": duration_ms(node.get("started_at"), node.get("finished_at")),
+        "detail": first_line(node.get("error")),
+        "node_id": parent_node_id,
+        "child_run_id": child_id,
+        "href": run_href(child_id, node_id),
+        "href_title": f"open node {node_id} of child run {child_id}",
     }
 
 
@@ -276,25 +357,42 @@ def merge_calls(known: list[dict[str, Any]], fetched: list[dict[str, Any]]) -> l
     return [by_seq[s] for s in sorted(by_seq)]
 
 
+def child_rows(children: ChildRuns | None, node_id: str) -> list[Row]:
+    """The rows of the child runs under ``node_id``, in order."""
+    if children is None:
+        return []
+    return [
+        child_row(c, node_id, children.index_of(c["run_id"])) for c in children.of_node(node_id)
+    ]
+
+
 def children_of(
     model: RunModel,
     row: Row,
     fetched_calls: dict[tuple[str, int], list[dict[str, Any]]] | None = None,
     childless: set[str] | frozenset[str] = frozenset(),
+    children: ChildRuns | None = None,
+    child_nodes: dict[str, list[dict[str, Any]]] | None = None,
 ) -> list[Row]:
-    """The rows right under ``row``: a run's nodes, a node's attempts, an attempt's calls
-    (the model's merged with ``fetched_calls``, keyed by (node id, attempt))."""
-    if row["id"] == RUN_ROW_ID:
+    """The rows right under ``row``: a run's nodes; a node's attempts, then its child
+    runs (from ``children``); an attempt's calls (the model's merged with
+    ``fetched_calls``, keyed by (node id, attempt)); a child run's nodes (from
+    ``child_nodes``, by child run id)."""
+    row_id = row["id"]
+    if row_id == RUN_ROW_ID:
         return [node_row(model, n) for n in model.nodes]
     node_id = row.get("node_id")
     if node_id is None or node_id not in model.nodes:
         return []
-    if row["depth"] == 1:
+    if row_id.startswith("k:"):
+        child_id = row["child_run_id"]
+        return [child_node_row(child_id, n, node_id) for n in (child_nodes or {}).get(child_id, [])]
+    if row_id.startswith("n:"):
         return [
             attempt_row(node_id, a, expandable=f"a:{node_id}:{a.attempt}" not in childless)
             for a in attempts_of(model, node_id)
-        ]
-    if row["depth"] == 2:
+        ] + child_rows(children, node_id)
+    if row_id.startswith("a:"):
         number = row["attempt"]
         attempt = next((a for a in attempts_of(model, node_id) if a.attempt == number), None)
         known = attempt.calls if attempt is not None else []
@@ -360,10 +458,22 @@ class TraceTree:
         return removed
 
     def add_child(self, parent_id: str, child: Row) -> tuple[int, Row]:
-        """Appends ``child`` as the last child of an expanded row; returns its index and
-        the row as stored."""
-        end = self._end_of_subtree(self.index(parent_id))
-        return end, self._insert(end, [child])[0]
+        """Puts ``child`` under an expanded row: before the first sibling with a greater
+        ``order`` if it has one, else last. Returns its index and the row as stored."""
+        index = self.index(parent_id)
+        depth = self.rows[index]["depth"]
+        at = self._end_of_subtree(index)
+        order = child.get("order")
+        if order is not None:
+            # From the end: children mostly come in order, so this stops at once.
+            for i in range(at - 1, index, -1):
+                sibling = self.rows[i]
+                if sibling["depth"] != depth + 1:
+                    continue
+                if sibling.get("order") is None or sibling["order"] <= order:
+                    break
+                at = i
+        return at, self._insert(at, [child])[0]
 
     def update(self, row_id: str, fresh: Row) -> Row | None:
         """Copies the live fields of ``fresh`` into the row; returns it if any changed."""
@@ -382,9 +492,12 @@ class TraceView:
 
     Args:
         model: The page's run model.
-        console: For fetching the calls of attempts the model has none of.
+        console: For fetching the calls of attempts the model has none of, and the
+            nodes of child runs.
         on_select: Called with a node id when a node's row (or a row under it) is
             clicked outside its caret; may be a coroutine function.
+        children: The run's child runs; given, they are loaded now and nest under
+            the nodes that started them.
     """
 
     def __init__(
@@ -392,10 +505,17 @@ class TraceView:
         model: RunModel,
         console: Console,
         on_select: Callable[[str], Any],
+        children: ChildRuns | None = None,
     ) -> None:
         self.model = model
         self.console = console
         self.on_select = on_select
+        self.children = children
+        # Nodes of child runs (GetRun), by child run id, for the children expanded.
+        self.child_nodes: dict[str, list[dict[str, Any]]] = {}
+        self._child_fetches: dict[str, asyncio.Task[None]] = {}
+        self._child_stale: set[str] = set()  # changed while its nodes were being fetched
+        self._child_version: dict[str, str | None] = {}  # updated_at of what was fetched
         # Calls fetched with ListEvents, by (node id, attempt), for nodes whose call
         # events the model did not get; fetched once per node.
         self.fetched_calls: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -412,11 +532,29 @@ class TraceView:
         self.grid.on("cellClicked", self._clicked, ["colId", "rowId"])
         model.on_nodes(self._nodes_changed)
         model.on_run(self._run_changed)
+        if children is not None:
+            children.on_change(self._children_changed)
+            children.start()
 
     # -- browser
 
     def _send(self, transaction: dict[str, Any]) -> None:
         self.grid.run_grid_method("applyTransaction", transaction)
+
+    def _send_added(self, added: list[tuple[int, Row]]) -> None:
+        """Adds rows in the order they went into the Python copy; rows that went in one
+        after another go out as one transaction (a burst of new map items)."""
+        batch: list[Row] = []
+        start = 0
+        for index, row in added:
+            if batch and index != start + len(batch):
+                self._send({"add": batch, "addIndex": start})
+                batch = []
+            if not batch:
+                start = index
+            batch.append(dict(row))
+        if batch:
+            self._send({"add": batch, "addIndex": start})
 
     @staticmethod
     def _plain(rows: list[Row]) -> list[Row]:
@@ -451,15 +589,20 @@ class TraceView:
         row = self.tree.row(row_id)
         if row is None or row["expanded"] or not row["expandable"]:
             return
-        if row["depth"] == 2:
-            await self._fetch_calls(row["node_id"], row["attempt"])
+        if row_id.startswith(("a:", "k:")):
+            if row_id.startswith("a:"):
+                await self._fetch_calls(row["node_id"], row["attempt"])
+            else:
+                await self._fetch_child_nodes(row["child_run_id"])
             row = self.tree.row(row_id)  # collapsed away while fetching?
             if row is None or row["expanded"]:
                 return
-        children = children_of(self.model, row, self.fetched_calls, self.childless)
+        children = children_of(
+            self.model, row, self.fetched_calls, self.childless, self.children, self.child_nodes
+        )
         with self.grid.props.suspend_updates():
             if not children:
-                if row["depth"] == 2:
+                if row_id.startswith("a:"):
                     self.childless.add(row_id)
                 row["expandable"] = False
                 self._send({"update": self._plain([row])})
@@ -502,6 +645,66 @@ class TraceView:
             d = event.to_dict()
             self.fetched_calls.setdefault((node_id, d["attempt"]), []).append(d)
 
+    async def _fetch_child_nodes(self, child_id: str) -> None:
+        """Fetches a child run's nodes once (a pushed change of the child while it is
+        expanded fetches them again: :meth:`_children_changed`)."""
+        if child_id in self.child_nodes and self._child_version.get(child_id) == self._version(
+            child_id
+        ):
+            return  # nothing changed since they were fetched
+        task = self._child_fetches.get(child_id)
+        if task is None:
+            task = self._child_fetches[child_id] = asyncio.ensure_future(
+                self._load_child_nodes(child_id)
+            )
+        await asyncio.shield(task)
+
+    async def _load_child_nodes(self, child_id: str) -> None:
+        try:
+            while True:
+                self._child_stale.discard(child_id)
+                version = self._version(child_id)
+                try:
+                    run = (await self.console.client.get_run(child_id)).to_dict()
+                except StatepipeError as err:
+                    log.warning("nodes of child run %s: %s", child_id, err)
+                    return
+                self.child_nodes[child_id] = run["nodes"]
+                self._child_version[child_id] = version
+                if child_id not in self._child_stale:
+                    return
+        finally:
+            self._child_fetches.pop(child_id, None)
+
+    def _version(self, child_id: str) -> str | None:
+        """The child's updated_at as its summary last came (None: not known)."""
+        child = self.children.runs.get(child_id) if self.children is not None else None
+        return None if child is None else child.get("updated_at")
+
+    async def _refresh_child_nodes(self, child_id: str) -> None:
+        """Fetches an expanded child's nodes again and shows what changed."""
+        if child_id in self._child_fetches:
+            self._child_stale.add(child_id)  # the fetch under way goes again
+            return
+        self._child_fetches[child_id] = task = asyncio.ensure_future(
+            self._load_child_nodes(child_id)
+        )
+        await asyncio.shield(task)
+        row = self.tree.row(f"k:{child_id}")
+        if row is None or not row["expanded"]:
+            return
+        updated: list[Row] = []
+        added: list[tuple[int, Row]] = []
+        with self.grid.props.suspend_updates():
+            for fresh in children_of(self.model, row, child_nodes=self.child_nodes):
+                if fresh["id"] not in self.tree:
+                    added.append(self.tree.add_child(row["id"], fresh))
+                elif (stored := self.tree.update(fresh["id"], fresh)) is not None:
+                    updated.append(stored)
+        if updated:
+            self._send({"update": self._plain(updated)})
+        self._send_added(added)
+
     # -- live
 
     def _run_changed(self) -> None:
@@ -525,8 +728,38 @@ class TraceView:
                     self._attempts_changed(node_id, updated, added)
         if updated:
             self._send({"update": self._plain(list(updated.values()))})
-        for index, row in added:  # in the order they went into the Python copy
-            self._send({"add": [dict(row)], "addIndex": index})
+        self._send_added(added)
+
+    def _children_changed(self, child_ids: list[str]) -> None:
+        """Child runs appeared or changed: their rows under expanded nodes follow
+        (node rows themselves follow the model: their summary is a node change)."""
+        children = self.children
+        if children is None:
+            return
+        updated: list[Row] = []
+        added: list[tuple[int, Row]] = []
+        refresh: list[str] = []
+        with self.grid.props.suspend_updates():
+            for child_id in child_ids:
+                node_id = children.node_of(child_id)
+                if node_id is None or node_id not in self.model.nodes:
+                    continue
+                fresh = child_row(children.runs[child_id], node_id, children.index_of(child_id))
+                row = self.tree.row(fresh["id"])
+                if row is not None:
+                    if self.tree.update(fresh["id"], fresh) is not None:
+                        updated.append(row)
+                    if row["expanded"]:
+                        refresh.append(child_id)
+                    continue
+                parent = self.tree.row(f"n:{node_id}")
+                if parent is not None and parent["expanded"]:
+                    added.append(self.tree.add_child(parent["id"], fresh))
+        if updated:
+            self._send({"update": self._plain(updated)})
+        self._send_added(added)
+        for child_id in refresh:
+            background_tasks.create(self._refresh_child_nodes(child_id), name="trace-child-nodes")
 
     def _attempts_changed(
         self, node_id: str, updated: dict[str, Row], added: list[tuple[int, Row]]
