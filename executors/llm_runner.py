@@ -406,7 +406,7 @@ def _client(module: Any, base_url: str | None, api_key: str, timeout_s: float) -
         if clients is None:
             clients = _CLIENTS[loop] = collections.OrderedDict()
         client = clients.get(key)
-        if client is not None:
+        if client is not None and not client.is_closed():
             clients.move_to_end(key)
             return client
         client = module.AsyncOpenAI(

@@ -142,3 +142,17 @@ def test_bench_console_quick() -> None:
     assert proc.stdout.count("  ratio ") == 15, report
     assert "total " in proc.stdout, report
     assert "Traceback" not in proc.stderr, report
+
+
+def test_bench_llm_quick() -> None:
+    """bench/bench_llm.py: the stand-in and a server in their own processes, the llm
+    runner beside the bare openai client."""
+    proc, report = run_bench("bench_llm.py")
+    for needle in (
+        "[llm] ",
+        "bare openai client  time to first token",
+        "time to first token added (p50)",
+        "total time ratio runner/bare",
+        "end to end, StartRun -> final result",
+    ):
+        assert needle in proc.stdout, report
